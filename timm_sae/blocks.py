@@ -1,0 +1,69 @@
+"""timm ResNet blocks whose tail fuses the SaE gate with the residual add.
+
+timm's ``BasicBlock`` / ``Bottleneck`` end with ``x = attn(x); x += shortcut``: the gate allocates
+a new tensor and makes a pass over it, then the add makes another. With SaE the gate is a
+per-channel multiplier, so the tail is one ``addcmul(shortcut, x, scale)`` pass instead, written
+into the block's own normalisation output when autograd does not need it (inference), which also
+saves the allocation. Stochastic depth (timm's per-sample ``DropPath``) is applied to the
+(N, C, 1, 1) multiplier, which gives the same result as applying it to ``x * scale``.
+
+Only ``forward`` changes: parameters, state dicts, ``feature_info`` and everything else are
+timm's. One consequence of writing in place: a forward hook on the block's last norm layer that
+keeps the tensor sees it overwritten under ``torch.no_grad`` / ``torch.inference_mode``.
+"""
+import torch
+from timm.layers import register_notrace_function
+from timm.models.resnet import BasicBlock, Bottleneck
+
+
+@register_notrace_function
+def gated_residual_add(x: torch.Tensor, scale: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``shortcut + x * scale`` in one pass; in place into ``x`` when no input needs a gradient."""
+    if x.requires_grad or scale.requires_grad or shortcut.requires_grad:
+        return torch.addcmul(shortcut, x, scale)
+    return torch.addcmul(shortcut, x, scale, out=x)
+
+
+class _GatedResidualTail:
+    """Mixin: the block tail ``shortcut + x * scale`` as one pass (see module docstring)."""
+
+    def gated_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        scale = self.se.scale(x)
+        if self.drop_path is not None:
+            scale = self.drop_path(scale)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        return gated_residual_add(x, scale, shortcut)
+
+
+class SaEBasicBlock(_GatedResidualTail, BasicBlock):
+    """timm ``BasicBlock`` with an SaE ``attn_layer`` and the fused gate + residual tail."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.drop_block(x)
+        x = self.act1(x)
+        x = self.aa(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        return self.act2(self.gated_residual(x, shortcut))
+
+
+class SaEBottleneck(_GatedResidualTail, Bottleneck):
+    """timm ``Bottleneck`` with an SaE ``attn_layer`` and the fused gate + residual tail."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        x = self.drop_block(x)
+        x = self.act2(x)
+        x = self.aa(x)
+        x = self.conv3(x)
+        x = self.bn3(x)
+        return self.act3(self.gated_residual(x, shortcut))
