@@ -11,6 +11,7 @@ Every entrypoint takes the SaE arguments ``sae_cardinality`` (branches k, defaul
 ``sae_rd_ratio`` (branch width d / C, default 1/32) and ``sae_residual`` (``x * (1 + s)``
 when True, the default; SE-style ``x * s`` when False).
 """
+import os
 from functools import partial
 from typing import Any, Dict
 
@@ -25,6 +26,8 @@ from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 __all__ = []  # models are reached through timm's registry
 
 SAE_PAPER_ID = 'arXiv:2308.13343'
+# Hub organisation of the published weights: registered tags use full ids '<HUB_ORG>/<arch>.<tag>'.
+HUB_ORG = os.environ.get('TIMM_SAE_HUB_ORG', 'timm-sae')
 
 
 def _create_saeresnet(

@@ -1,0 +1,65 @@
+"""Model measurements shared by the CLI, the demo and the benchmarks.
+
+Parameters and GMACs are counted on the meta device (no memory, no weights initialised), GMACs
+with torch's own ``FlopCounterMode`` (multiply-accumulates of convolutions and matrix products,
+as timm reports them). Throughput is timed with the models interleaved round by round, so that
+drift of the machine hits every model alike; ratios are medians of per-round ratios.
+"""
+import statistics
+import time
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def param_count(model: torch.nn.Module) -> int:
+    """Number of parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def gmacs(model: torch.nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224)) -> float:
+    """Giga multiply-accumulates of one forward pass of a single image."""
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.empty(1, *input_size, device=device))
+    return counter.get_total_flops() / 2e9
+
+
+def describe(model_name: str, input_size: Tuple[int, int, int] = (3, 224, 224), **kwargs) -> Dict[str, float]:
+    """Parameters (millions) and GMACs of a registered model, built on the meta device."""
+    model = timm.create_model(model_name, device='meta', **kwargs).eval()
+    return {'params_m': param_count(model) / 1e6, 'gmacs': gmacs(model, input_size)}
+
+
+def se_twin(model_name: str) -> str:
+    """The timm model an SaE model is the twin of: its SE version, else the plain ResNet."""
+    twin = model_name.replace('sae', 'se', 1)
+    return twin if timm.is_model(twin) else model_name.replace('sae', '', 1)
+
+
+def time_interleaved(
+        steps: Mapping[str, Callable[[], None]],
+        rounds: int,
+        warmup: int = 1,
+        sync: Callable[[], None] = lambda: None,
+) -> Dict[str, List[float]]:
+    """Seconds per call of each step, timed A B C, A B C, ... for ``rounds`` rounds after warm-up."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    sync()
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of numerator[i] / denominator[i]."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
