@@ -1,0 +1,223 @@
+"""The Fashion-MNIST accuracy benchmark: IDX loader, batched augmentation, --quick sweep, resume and report.
+
+Everything runs offline on tiny synthetic IDX files written to a temporary directory.
+"""
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
+
+import accuracy  # noqa: E402
+import accuracy_report  # noqa: E402
+import fashion_mnist  # noqa: E402
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype='>u4').tobytes()
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.tobytes())
+
+
+def make_dataset(root: Path, num_train: int = 200, num_test: int = 50) -> dict:
+    """Tiny synthetic Fashion-MNIST: the label is encoded as the image's brightness, so it is learnable."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (('train', num_train), ('test', num_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (rng.integers(0, 40, (n, 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
+        arrays[f'{split}_images'], arrays[f'{split}_labels'] = images, labels
+    root.mkdir(parents=True, exist_ok=True)
+    for key, name in fashion_mnist.FILES.items():
+        write_idx(root / name, arrays[key])
+    return arrays
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('fmnist')
+    make_dataset(root)
+    return root
+
+
+def test_loader_reads_idx_files(tmp_path):
+    arrays = make_dataset(tmp_path)
+    data = fashion_mnist.load_fashion_mnist(tmp_path)
+    assert data['train_images'].shape == (200, 28, 28) and data['train_images'].dtype == np.uint8
+    assert data['test_images'].shape == (50, 28, 28)
+    np.testing.assert_array_equal(data['train_images'], arrays['train_images'])
+    np.testing.assert_array_equal(data['test_labels'], arrays['test_labels'])
+    assert data['train_labels'].dtype == np.int64
+
+
+def test_loader_names_the_package_when_files_are_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
+        fashion_mnist.load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.parametrize('damage', ['magic', 'truncated', 'not_gzip', 'label_count', 'label_range'])
+def test_loader_rejects_corrupt_files(tmp_path, damage):
+    make_dataset(tmp_path)
+    images = tmp_path / fashion_mnist.FILES['train_images']
+    labels = tmp_path / fashion_mnist.FILES['train_labels']
+    if damage == 'magic':
+        write_idx(images, np.zeros((200, 28), dtype=np.uint8))  # a 2-dim IDX file: magic 0x0802
+        match = 'magic number 0x00000802, expected 0x00000803'
+    elif damage == 'truncated':
+        raw = gzip.decompress(images.read_bytes())
+        images.write_bytes(gzip.compress(raw[:-100]))
+        match = 'truncated or corrupt'
+    elif damage == 'not_gzip':
+        images.write_bytes(b'not a gzip file at all')
+        match = 'not a readable gzip file'
+    elif damage == 'label_count':
+        write_idx(labels, np.zeros(199, dtype=np.uint8))
+        match = '200 images but 199 labels'
+    else:
+        write_idx(labels, np.full(200, 10, dtype=np.uint8))
+        match = r'labels reach 10, expected 0\.\.9'
+    with pytest.raises(fashion_mnist.CorruptDataError, match=match):
+        fashion_mnist.load_fashion_mnist(tmp_path)
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    train, val = fashion_mnist.train_val_indices(1000, 100, seed=0)
+    train2, val2 = fashion_mnist.train_val_indices(1000, 100, seed=0)
+    np.testing.assert_array_equal(val, val2)
+    assert len(val) == 100 and len(train) == 900
+    assert not set(train) & set(val) and set(train) | set(val) == set(range(1000))
+    with pytest.raises(ValueError, match='validation size'):
+        fashion_mnist.train_val_indices(10, 10, seed=0)
+
+
+def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_input():
+    x = torch.rand(64, 2, 8, 8)
+    out = accuracy.random_crop_flip(x, 3, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    flips = []
+    for i in range(len(x)):
+        matches = [(dy, dx, flip) for dy in range(7) for dx in range(7) for flip in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert matches, f'sample {i} is not a crop/flip of its input'
+        flips.append(matches[0][2])
+    assert 0 < sum(flips) < len(flips)  # both flipped and unflipped samples occur
+
+
+def test_quick_sweep_records_everything_and_resumes(data_dir, tmp_path):
+    results_path, checkpoints = tmp_path / 'acc.json', tmp_path / 'ckpt'
+    argv = ['--quick', '--device', 'cpu', '--data-dir', str(data_dir), '--results', str(results_path),
+            '--checkpoint-dir', str(checkpoints)]
+    results = accuracy.main(argv)
+    saved = json.loads(results_path.read_text())
+    assert saved == results
+    for key in ('protocol', 'versions', 'hardware', 'commands', 'wall_time_s', 'runs', 'missing', 'invocations'):
+        assert key in saved, key
+    assert set(saved['versions']) == {'python', 'torch', 'timm', 'timm_sae', 'numpy'}
+    assert saved['protocol']['quick'] and saved['protocol']['val_images'] == 40
+    assert 'never for selection' in saved['protocol']['selection']
+    assert saved['missing'] == []
+    assert [(r['config'], r['seed']) for r in saved['runs']] == [('resnet18', 0), ('saeresnet18', 0)]
+    for run in saved['runs']:
+        for key in ('model', 'model_kwargs', 'test_top1', 'test_loss', 'best_val_top1', 'best_epoch', 'params',
+                    'gmacs', 'train_time_s', 'train_images_per_s'):
+            assert key in run, key
+        assert set(run['curve']) >= {'train_loss', 'val_top1', 'test_top1'} and len(run['curve']['val_top1']) == 1
+        assert run['test_top1'] == run['curve']['test_top1'][run['best_epoch'] - 1]
+    ckpt_info = saved['runs'][1]['checkpoint']
+    assert ckpt_info['input_size'] == [1, 32, 32] and ckpt_info['mean'] == saved['protocol']['mean']
+    ckpt = torch.load(checkpoints / 'saeresnet18_seed0.pth.tar', map_location='cpu')
+    assert ckpt['arch'] == 'saeresnet18' and ckpt['args']['in_chans'] == 1 and ckpt['epoch'] == 1
+    import timm
+    timm.create_model('saeresnet18', in_chans=1, num_classes=10).load_state_dict(ckpt['state_dict'])
+
+    again = accuracy.main(argv)  # resume: nothing left to train
+    assert len(again['runs']) == 2 and again['invocations'][-1]['runs_finished'] == 0
+    assert len(again['commands']) == 2
+
+    with pytest.raises(SystemExit, match='different protocol .*epochs'):
+        accuracy.main(argv + ['--epochs', '2'])
+
+    md, png = accuracy_report.main(['--results', str(results_path), '--out-dir', str(tmp_path / 'report')])
+    assert 'Quick smoke protocol: not a result' in md.read_text()
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_time_budget_stops_before_any_run_and_lists_missing(data_dir, tmp_path):
+    results = accuracy.main(['--quick', '--device', 'cpu', '--data-dir', str(data_dir), '--results',
+                             str(tmp_path / 'acc.json'), '--time-budget', '0', '--seeds', '2'])
+    assert results['runs'] == [] and results['invocations'][-1]['stopped_by_time_budget']
+    assert results['missing'] == [{'config': c, 'seed': s} for s in (0, 1) for c in accuracy.QUICK_CONFIGS]
+
+
+@pytest.mark.slow
+def test_workers_train_runs_in_spawned_processes(data_dir, tmp_path):
+    results = accuracy.main(['--quick', '--device', 'cpu', '--data-dir', str(data_dir), '--results',
+                             str(tmp_path / 'acc.json'), '--checkpoint-dir', str(tmp_path), '--workers', '2',
+                             '--configs', 'resnet18_eca', 'saeresnet18_k2'])
+    assert sorted(r['config'] for r in results['runs']) == ['resnet18_eca', 'saeresnet18_k2']
+    assert results['missing'] == [] and results['invocations'][-1]['workers'] == 2
+
+
+@pytest.mark.parametrize('df, quantile', [(1, 12.706205), (2, 4.302653), (4, 2.776445), (10, 2.228139),
+                                          (30, 2.042272), (1000, 1.962339)])
+def test_t_quantile_matches_tables(df, quantile):
+    assert accuracy_report.t_ppf(0.975, df) == pytest.approx(quantile, abs=1e-4)
+    assert accuracy_report.t_ppf(0.025, df) == pytest.approx(-quantile, abs=1e-4)
+
+
+def test_welch_interval():
+    assert accuracy_report.welch_interval([1.], [1., 2.]) is None
+    diff, low, high = accuracy_report.welch_interval([1., 2., 3.], [1., 2., 3., 4., 5.])
+    # Hand-computed: diff -1, se^2 = 1/3 + 2.5/5, df = (5/6)^2 / ((1/3)^2/2 + (1/2)^2/4) = 5.88.
+    half = accuracy_report.t_ppf(0.975, (5 / 6) ** 2 / ((1 / 3) ** 2 / 2 + 0.25 ** 2)) * (5 / 6) ** 0.5
+    assert diff == pytest.approx(-1.) and low == pytest.approx(-1. - half) and high == pytest.approx(-1. + half)
+    assert half / (5 / 6) ** 0.5 == pytest.approx(2.4588, abs=1e-4)  # t_{0.975, 5.88}
+
+
+def fabricated_results() -> dict:
+    """A structurally valid results document: 3 seeds of most configurations, 1 of one, one run missing."""
+    runs = []
+    for config, (model, kwargs) in accuracy.CONFIGS.items():
+        for seed in range(1 if config == 'resnet18_cbam' else 3):
+            top1 = 92. + 0.1 * seed + (0.3 if model == 'saeresnet18' else 0.)
+            runs.append({
+                'config': config, 'model': model, 'model_kwargs': kwargs, 'seed': seed,
+                'test_top1': top1, 'test_loss': 0.25, 'best_val_top1': top1 + 0.2, 'best_epoch': 3,
+                'params': 11_200_000, 'gmacs': 0.0355,
+                'curve': {'train_loss': [1.0, 0.6, 0.5], 'val_top1': [85., 90., top1 + 0.2],
+                          'test_top1': [84., 89., top1]},
+            })
+    return {
+        'protocol': {'quick': False, 'epochs': 3, 'input_size': [1, 32, 32], 'selection': 'val top-1'},
+        'versions': {'python': '3.11', 'torch': '2.14.1', 'timm': '1.0.31', 'timm_sae': '0.1.0', 'numpy': '2'},
+        'hardware': ['test machine'], 'commands': ['python benchmarks/accuracy.py'], 'wall_time_s': 60.,
+        'invocations': [{'workers': 4}],
+        'runs': runs, 'missing': [{'config': 'resnet18_cbam', 'seed': 1}, {'config': 'resnet18_cbam', 'seed': 2}],
+    }
+
+
+def test_report_writes_markdown_and_png(tmp_path):
+    path = tmp_path / 'accuracy.json'
+    path.write_text(json.dumps(fabricated_results()))
+    md, png = accuracy_report.main(['--results', str(path), '--out-dir', str(tmp_path / 'out')])
+    text = md.read_text()
+    assert 'Incomplete sweep: 2 requested run(s) missing' in text and '- resnet18_cbam seed 2' in text
+    rows = {line.split(' | ')[0].lstrip('| '): line for line in text.splitlines() if line.startswith('| ')}
+    assert set(accuracy.CONFIGS) <= set(rows)
+    assert '| 3 | 92.40 ± 0.10 | +0.30 [' in rows['saeresnet18']
+    assert 'n/a (needs ≥ 2 seeds' in rows['resnet18_cbam'] and '| reference |' in rows['seresnet18']
+    assert 'saeresnet18 vs seresnet18: +0.30 points' in text
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_report_refuses_missing_results(tmp_path):
+    with pytest.raises(SystemExit):
+        accuracy_report.main(['--results', str(tmp_path / 'nope.json'), '--out-dir', str(tmp_path)])
