@@ -3,23 +3,51 @@ import argparse
 import sys
 from typing import List, Optional
 
-import timm
+from timm.utils import ParseKwargs
 
 from . import __version__
-from .measure import describe, se_twin
+from .cards import CardError, write_card
+from .demo import run_demo
+from .family import family_table
+from .hub import HubError, export_checkpoint, push_folder
+from .run import ScriptNotFoundError, run_script
 
 
 def _list(args: argparse.Namespace) -> int:
     """Print the SaE family as a markdown table: params, GMACs, SE twin, tags."""
-    size = args.img_size
-    print(f'| model | params (M) | GMACs @ {size}px | SE twin | twin params (M) | tags |')
-    print('|---|---:|---:|---|---:|---|')
-    for name in timm.list_models('sae*'):
-        sae, twin = describe(name, (3, size, size)), se_twin(name)
-        twin_params = describe(twin, (3, size, size))['params_m']
-        tags = ', '.join(t.split('.', 1)[1] for t in timm.list_models(name, include_tags=True))
-        print(f"| {name} | {sae['params_m']:.2f} | {sae['gmacs']:.2f} | {twin} | {twin_params:.2f} | {tags} |")
+    print('\n'.join(family_table(args.img_size)))
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    folder = export_checkpoint(
+        args.checkpoint, args.output_dir, model_name=args.model, use_ema=args.ema, num_classes=args.num_classes,
+        in_chans=args.in_chans, model_kwargs=args.model_kwargs, label_names=args.label_names,
+        results=args.card_results, overwrite=args.overwrite)
+    print(f'exported {args.checkpoint} to {folder}')
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    commit = push_folder(
+        args.dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
+        create_pr=args.create_pr, commit_message=args.commit_message, update_card=args.update_card)
+    print(f'pushed {args.dir} to {getattr(commit, "pr_url", None) or getattr(commit, "commit_url", args.repo_id)}')
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    print(f'wrote {write_card(args.dir)}')
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_script(args.script, args.args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    result = run_demo(args.model, img_size=args.img_size, batch_size=args.batch_size, rounds=args.rounds)
+    return 0 if result['identical'] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +59,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser('list', help='table of the SaE family: params, GMACs, SE twin, tags')
     p.add_argument('--img-size', type=int, default=224, help='input size for GMACs (default 224)')
     p.set_defaults(func=_list)
+
+    p = commands.add_parser(
+        'export', help='checkpoint -> Hub folder (model.safetensors, config.json, README.md)',
+        description='Export a timm train.py checkpoint, state dict or .safetensors file to a folder that '
+                    'timm-sae push uploads and timm.create_model("hf-hub:ORG/NAME", pretrained=True) loads.')
+    p.add_argument('checkpoint', help='last.pth.tar / model_best.pth.tar, a state dict (.pth, .bin) or .safetensors')
+    p.add_argument('output_dir', help='folder to create')
+    p.add_argument('--model', help="architecture (default: the checkpoint's arch)")
+    p.add_argument('--ema', action='store_true', help='export the EMA weights (state_dict_ema)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    p.add_argument('--num-classes', type=int, help="classifier size (default: the checkpoint's)")
+    p.add_argument('--in-chans', type=int, help="input channels (default: the checkpoint's)")
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
+                   help='entrypoint arguments, e.g. sae_cardinality=8')
+    p.add_argument('--label-names', metavar='FILE', help='class names: a JSON list or one name a line')
+    p.add_argument('--card-results', metavar='FILE', help='results file of the weights, for the model card')
+    p.set_defaults(func=_export)
+
+    p = commands.add_parser(
+        'push', help='upload an exported folder to the Hugging Face Hub',
+        description='Upload a folder made by timm-sae export. The token is --token, else HF_TOKEN, else the '
+                    'saved login (hf auth login). A README already on the Hub is kept unless --update-card.')
+    p.add_argument('dir', help='folder made by timm-sae export')
+    p.add_argument('--repo-id', required=True, metavar='ORG/NAME', help='Hub repository (created if missing)')
+    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--revision', help='branch to push to (created if missing)')
+    p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')
+    p.add_argument('--commit-message', default='Add model', help='(default: "Add model")')
+    p.add_argument('--token', help='Hugging Face token with write access')
+    p.add_argument('--update-card', action='store_true', help='replace a README already on the Hub')
+    p.set_defaults(func=_push)
+
+    p = commands.add_parser('card', help='render hub_cards/<arch>.<tag>/README.md from its results.json')
+    p.add_argument('dir', help='card folder, hub_cards/<arch>.<tag>')
+    p.set_defaults(func=_card)
+
+    p = commands.add_parser(
+        'run', help="run a script of timm's source (validate.py, train.py, ...) with the SaE models registered")
+    p.add_argument('script', help="path of the script, e.g. pytorch-image-models/validate.py")
+    p.add_argument('args', nargs=argparse.REMAINDER, help="the script's arguments")
+    p.set_defaults(func=_run)
+
+    p = commands.add_parser('demo', help='offline tour: family, Hub export and reload, speed vs SE twin')
+    p.add_argument('--model', default='saeresnet50', help='model (default saeresnet50)')
+    p.add_argument('--img-size', type=int, default=224, help='input size (default 224)')
+    p.add_argument('--batch-size', type=int, default=4, help='batch size for timing (default 4)')
+    p.add_argument('--rounds', type=int, default=5, help='timed rounds (default 5)')
+    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (HubError, CardError, ScriptNotFoundError) as e:
+        print(f'timm-sae {args.command}: error: {e}', file=sys.stderr)
+        return 2 if isinstance(e, ScriptNotFoundError) else 1
 
 
 if __name__ == '__main__':

@@ -1,0 +1,306 @@
+"""Export to the Hub format, offline Hub loading, push against a fake client, the demo."""
+import argparse
+import fractions
+import hashlib
+import json
+from fnmatch import fnmatch
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx2
+import pytest
+import timm
+import torch
+from huggingface_hub.errors import HfHubHTTPError
+from safetensors.torch import save_file
+
+import timm_sae  # noqa: F401
+from timm_sae import hub
+from timm_sae.cli import main
+from timm_sae.demo import run_demo
+
+SMALL = (2, 3, 32, 32)
+# (architecture, non-default SaE arguments): a ResNet and a ResNeXt
+TWINS = [
+    ('saeresnet18', dict(sae_cardinality=2, sae_rd_ratio=1. / 16, sae_residual=False)),
+    ('saeresnext26t_32x4d', dict(sae_cardinality=8, sae_residual=False)),
+]
+
+
+def _model(name='saeresnet18', seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return timm.create_model(name, **kwargs).eval()
+
+
+def _logits(model, seed=1):
+    with torch.no_grad():
+        return model(torch.randn(*SMALL, generator=torch.Generator().manual_seed(seed)))
+
+
+def _tree(folder: Path):
+    """Every file under folder with its bytes' hash and mtime."""
+    return {
+        str(p.relative_to(folder)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """A small saeresnet18 (3 classes) and its state dict saved as .pth."""
+    model = _model(num_classes=3)
+    path = tmp_path_factory.mktemp('weights') / 'saeresnet18.pth'
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope='module')
+def exported(weights, tmp_path_factory):
+    return hub.export_checkpoint(weights[1], tmp_path_factory.mktemp('export') / 'org.name', model_name='saeresnet18')
+
+
+@pytest.mark.parametrize('name,sae_args', TWINS, ids=[t[0] for t in TWINS])
+def test_round_trip_through_hub_cache(name, sae_args, tmp_path):
+    model = _model(name, num_classes=5, **sae_args)
+    checkpoint = tmp_path / 'weights.safetensors'
+    save_file(model.state_dict(), checkpoint)
+    folder = hub.export_checkpoint(checkpoint, tmp_path / 'out', model_name=name, model_kwargs=sae_args)
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == name and config['num_classes'] == 5
+    assert config['model_args'] == dict(hub.sae_model_args(sae_args), num_classes=5, in_chans=3, global_pool='avg')
+    cfg = config['pretrained_cfg']
+    assert {'input_size', 'crop_pct', 'interpolation', 'mean', 'std'} <= cfg.keys() and 'tag' not in cfg
+
+    snapshot = hub.layout_hub_cache(folder, tmp_path / 'hub', 'org/name')
+    ref = (tmp_path / 'hub' / 'models--org--name' / 'refs' / 'main').read_text()
+    assert len(ref) == 40 and snapshot.name == ref and (snapshot / 'model.safetensors').is_file()
+    with hub.offline_hub_cache(tmp_path / 'hub'):
+        from_repo = timm.create_model('hf-hub:org/name', pretrained=True).eval()
+        from_tag = timm.create_model(
+            f'{name}.untrained', pretrained=True, num_classes=5, **sae_args,
+            pretrained_cfg_overlay=dict(hf_hub_id='org/name', num_classes=5)).eval()
+        # what the model card shows: feature maps and embeddings
+        features = timm.create_model('hf-hub:org/name', pretrained=True, features_only=True).eval()
+        embedder = timm.create_model('hf-hub:org/name', pretrained=True, num_classes=0).eval()
+    expected = _logits(model)
+    assert torch.equal(_logits(from_repo), expected)
+    assert torch.equal(_logits(from_tag), expected)
+    assert len(_logits(features)) == 5 and _logits(embedder).shape == (SMALL[0], model.num_features)
+
+
+def test_train_checkpoint_with_ema(tmp_path):
+    """A checkpoint as timm's train.py (CheckpointSaver) writes it: DDP prefixes, EMA, args Namespace."""
+    model, ema = _model(num_classes=4, in_chans=1, sae_cardinality=2), _model(
+        seed=1, num_classes=4, in_chans=1, sae_cardinality=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    args = argparse.Namespace(
+        model='saeresnet18', num_classes=4, in_chans=1, model_kwargs={'sae_cardinality': 2}, img_size=32,
+        input_size=None, mean=(0.5,), std=(0.25,), crop_pct=1.0, interpolation='', gp=None, lr=0.1, device='cpu')
+    checkpoint = tmp_path / 'last.pth.tar'
+    torch.save({
+        'epoch': 3, 'arch': 'saeresnet18', 'version': 2, 'optimizer': optimizer.state_dict(), 'args': args,
+        'state_dict': {f'module.{k}': v for k, v in model.state_dict().items()},
+        'state_dict_ema': ema.state_dict(), 'metric': 50.0,
+        'saver': {'checkpoint_files': [], 'best_epoch': None, 'best_metric': None, 'pending': (3, 50.0)},
+    }, checkpoint)
+
+    for use_ema, source in ((False, model), (True, ema)):
+        folder = hub.export_checkpoint(checkpoint, tmp_path / f'ema{use_ema}', use_ema=use_ema)
+        config = json.loads((folder / 'config.json').read_text())
+        assert config['model_args']['sae_cardinality'] == 2 and config['model_args']['in_chans'] == 1
+        assert config['pretrained_cfg']['input_size'] == [1, 32, 32]
+        assert config['pretrained_cfg']['mean'] == [0.5] and config['pretrained_cfg']['crop_pct'] == 1.0
+        loaded = timm.create_model('local-dir:' + str(folder), pretrained=True).eval()
+        with torch.no_grad():
+            x = torch.randn(2, 1, 32, 32)
+            assert torch.equal(loaded(x), source(x))
+
+
+def test_ddp_prefix_stripped_from_plain_state_dict(weights, tmp_path):
+    model, _ = weights
+    path = tmp_path / 'ddp.pth'
+    torch.save({f'module.{k}': v for k, v in model.state_dict().items()}, path)
+    checkpoint = hub.read_checkpoint(path)
+    assert checkpoint.state_dict.keys() == model.state_dict().keys() and checkpoint.entry == ''
+
+
+def _truncated(path: Path, source: Path) -> Path:
+    path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    return path
+
+
+def _bad_inputs(tmp_path: Path, weights_path: Path):
+    """(name, checkpoint, export kwargs, message pattern) of inputs the export must refuse."""
+    pickle_path = tmp_path / 'object.pth'
+    torch.save({'weights': torch.zeros(1), 'ratio': fractions.Fraction(1, 3)}, pickle_path)
+    list_path = tmp_path / 'list.pth'
+    torch.save([torch.zeros(1)], list_path)
+    safetensors_path = tmp_path / 'w.safetensors'
+    save_file(torch.load(weights_path, weights_only=True), safetensors_path)
+    (tmp_path / 'empty.pth').touch()
+    return [
+        ('wrong architecture', weights_path, dict(model_name='saeresnet34'), r'do not fit saeresnet34.*missing'),
+        ('not an SaE model', weights_path, dict(model_name='resnet18'), 'not an SaE model'),
+        ('no architecture', weights_path, {}, 'does not name its architecture'),
+        ('wrong num_classes', weights_path, dict(model_name='saeresnet18', num_classes=7),
+         r'2 mis-shaped \(fc\.bias \(3,\) vs \(7,\), fc\.weight \(3, 512\) vs \(7, 512\)\)'),
+        ('wrong sae args', weights_path, dict(model_name='saeresnet18', model_kwargs=dict(sae_cardinality=8)),
+         'mis-shaped'),
+        ('no EMA', weights_path, dict(model_name='saeresnet18', use_ema=True), 'no EMA weights'),
+        ('truncated pickle', _truncated(tmp_path / 'half.pth', weights_path), dict(model_name='saeresnet18'),
+         'truncated'),
+        ('truncated safetensors', _truncated(tmp_path / 'half.safetensors', safetensors_path),
+         dict(model_name='saeresnet18'), 'not a readable safetensors file'),
+        ('arbitrary object', pickle_path, dict(model_name='saeresnet18'), r'fractions\.Fraction.*weights_only'),
+        ('not a state dict', list_path, dict(model_name='saeresnet18'), 'holds a list'),
+        ('empty', tmp_path / 'empty.pth', dict(model_name='saeresnet18'), 'is empty'),
+        ('missing', tmp_path / 'missing.pth', dict(model_name='saeresnet18'), 'no such file'),
+    ]
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(weights, tmp_path):
+    out_parent = tmp_path / 'exports'
+    out_parent.mkdir()
+    for name, checkpoint, kwargs, pattern in _bad_inputs(tmp_path, weights[1]):
+        with pytest.raises(hub.CheckpointError, match=pattern):
+            hub.export_checkpoint(checkpoint, out_parent / 'out', **kwargs)
+        assert list(out_parent.iterdir()) == [], name
+
+
+def test_existing_folder_untouched_unless_overwrite(weights, tmp_path):
+    target = tmp_path / 'out'
+    target.mkdir()
+    (target / 'keep.txt').write_text('mine')
+    before = _tree(target)
+    with pytest.raises(hub.CheckpointError, match='exists.*--overwrite'):
+        hub.export_checkpoint(weights[1], target, model_name='saeresnet18')
+    assert _tree(target) == before
+    hub.export_checkpoint(weights[1], target, model_name='saeresnet18', overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']  # no temporary folders left
+
+
+def test_label_names(weights, tmp_path):
+    (tmp_path / 'labels.txt').write_text('cat\ndog\nbird\n')
+    folder = hub.export_checkpoint(
+        weights[1], tmp_path / 'out', model_name='saeresnet18', label_names=tmp_path / 'labels.txt')
+    assert json.loads((folder / 'config.json').read_text())['label_names'] == ['cat', 'dog', 'bird']
+    (tmp_path / 'two.json').write_text('["cat", "dog"]')
+    with pytest.raises(hub.CheckpointError, match='2 label names for 3 classes'):
+        hub.export_checkpoint(
+            weights[1], tmp_path / 'out2', model_name='saeresnet18', label_names=tmp_path / 'two.json')
+
+
+def test_cli_export_errors(weights, tmp_path, capsys):
+    assert main(['export', str(tmp_path / 'missing.pth'), str(tmp_path / 'out')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('timm-sae export: error:') and 'no such file' in err and err.count('\n') == 1
+    assert main(['export', str(weights[1]), str(tmp_path / 'out'), '--model', 'saeresnet18',
+                 '--model-kwargs', 'sae_cardinality=8']) == 1
+    err = capsys.readouterr().err
+    assert 'mis-shaped' in err and err.count('\n') == 1 and not (tmp_path / 'out').exists()
+    assert main(['export', str(weights[1]), str(tmp_path / 'out'), '--model', 'saeresnet18']) == 0
+    assert (tmp_path / 'out' / 'model.safetensors').is_file()
+
+
+class FakeHfApi:
+    """Records the calls push_folder makes; holds the files already in the remote repository."""
+
+    def __init__(self, remote_files=(), error=None):
+        self.calls, self.remote_files, self.error, self.uploaded = [], set(remote_files), error, None
+
+    def _call(self, name, *args, **kwargs):
+        self.calls.append((name, args, kwargs))
+        if self.error is not None:
+            raise self.error
+
+    def create_repo(self, repo_id, **kwargs):
+        self._call('create_repo', repo_id, **kwargs)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def create_branch(self, repo_id, **kwargs):
+        self._call('create_branch', repo_id, **kwargs)
+
+    def file_exists(self, repo_id, filename, **kwargs):
+        self._call('file_exists', repo_id, filename, **kwargs)
+        return filename in self.remote_files
+
+    def upload_folder(self, **kwargs):
+        self._call('upload_folder', **kwargs)
+        self.uploaded = sorted(
+            p.name for p in Path(kwargs['folder_path']).iterdir()
+            if any(fnmatch(p.name, pattern) for pattern in kwargs['allow_patterns']))
+        return SimpleNamespace(commit_url='https://huggingface.co/org/name/commit/0', pr_url=None)
+
+
+def test_push_new_repo(exported):
+    before = _tree(exported)
+    (exported / 'notes.txt').write_text('not part of the export')
+    api = FakeHfApi()
+    try:
+        hub.push_folder(
+            exported, 'org/name', token='hf_x', private=True, revision='v1', commit_message='Add weights', api=api)
+    finally:
+        (exported / 'notes.txt').unlink()
+    assert _tree(exported) == before
+    names = [c[0] for c in api.calls]
+    assert names == ['create_repo', 'create_branch', 'file_exists', 'upload_folder']
+    assert api.calls[0][1:] == (('org/name',), dict(private=True, exist_ok=True))
+    assert api.calls[1][2] == dict(branch='v1', exist_ok=True)
+    upload = api.calls[-1][2]
+    assert upload['repo_id'] == 'org/name' and upload['revision'] == 'v1' and upload['create_pr'] is False
+    assert upload['commit_message'] == 'Add weights'
+    assert api.uploaded == ['README.md', 'config.json', 'model.safetensors']
+
+
+@pytest.mark.parametrize('update_card', [False, True])
+def test_push_keeps_remote_card_unless_update_card(exported, update_card):
+    api = FakeHfApi(remote_files={'README.md'})
+    hub.push_folder(exported, 'org/name', token='hf_x', create_pr=True, update_card=update_card, api=api)
+    assert 'create_branch' not in [c[0] for c in api.calls]
+    assert api.calls[-1][2]['create_pr'] is True
+    expected = ['config.json', 'model.safetensors']
+    assert api.uploaded == (['README.md'] + expected if update_card else expected)
+
+
+def _http_error(status):
+    request = httpx2.Request('POST', 'https://huggingface.co/api/repos/create')
+    return HfHubHTTPError(f'{status} error', response=httpx2.Response(status, request=request))
+
+
+@pytest.mark.parametrize('error,pattern', [
+    (_http_error(401), 'refused the token'),
+    (_http_error(403), 'may not write to org/name'),
+    (ConnectionError('connection refused'), 'could not reach the Hugging Face Hub'),
+])
+def test_push_failures_are_one_line(exported, error, pattern):
+    with pytest.raises(hub.PushError, match=pattern) as info:
+        hub.push_folder(exported, 'org/name', token='hf_x', api=FakeHfApi(error=error))
+    assert '\n' not in str(info.value)
+
+
+def test_push_without_token(exported, monkeypatch, capsys):
+    monkeypatch.setattr(hub, 'get_token', lambda: None)
+    api = FakeHfApi()
+    before = _tree(exported)
+    with pytest.raises(hub.PushError, match='no Hugging Face token'):
+        hub.push_folder(exported, 'org/name', api=api)
+    assert api.calls == [] and _tree(exported) == before
+    assert main(['push', str(exported), '--repo-id', 'org/name']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('timm-sae push: error: no Hugging Face token') and err.count('\n') == 1
+
+
+def test_push_refuses_other_folders_and_bad_ids(exported, tmp_path):
+    with pytest.raises(hub.PushError, match='lacks model.safetensors, config.json, README.md'):
+        hub.push_folder(tmp_path, 'org/name', token='hf_x', api=FakeHfApi())
+    with pytest.raises(hub.PushError, match='needs its owner'):
+        hub.push_folder(exported, 'name', token='hf_x', api=FakeHfApi())
+
+
+def test_demo_reduced():
+    lines = []
+    result = run_demo('saeresnet18', img_size=32, batch_size=2, rounds=1, table=False, out=lines.append)
+    assert result['identical'] and result['stats']['seresnet18']['params_m'] > 0
+    assert any('bit-identical' in line for line in lines)
+    assert any(line.startswith('| seresnet18 |') for line in lines)

@@ -1,0 +1,488 @@
+"""SaE weights on the Hugging Face Hub: export a checkpoint, push it, lay out an offline Hub cache.
+
+Built on timm's own hub helpers. ``export_checkpoint`` writes what ``timm.models.save_for_hf``
+writes (``model.safetensors`` and ``config.json``: architecture, num_classes, num_features,
+global_pool, ``model_args`` and ``pretrained_cfg``) plus a model card (``README.md``, see
+``timm_sae.cards``), so after ``import timm_sae``::
+
+    timm.create_model('hf-hub:ORG/NAME', pretrained=True)
+
+rebuilds the architecture with its ``model_args`` (``sae_cardinality``, ``sae_rd_ratio``,
+``sae_residual``, ``num_classes``, ``in_chans``) and loads the weights. ``push_folder`` uploads
+such a folder the way ``timm.models.push_to_hf_hub`` does (a README already on the Hub is kept).
+
+Registering a tag once its weights are on the Hub: add to ``default_cfgs`` in ``sae_resnet.py``::
+
+    'saeresnet18.fmnist': _cfg(hf_hub_id=f'{HUB_ORG}/saeresnet18.fmnist', num_classes=10, ...),
+
+(full ids: timm completes only ``'timm/'`` itself) and commit ``hub_cards/saeresnet18.fmnist/``
+beside it; ``timm_sae.cards.check_cards`` (run by the tests) holds both to that.
+
+Pickles are never unpickled freely: ``.pth`` / ``.pth.tar`` / ``.bin`` files are read only with
+``torch.load(weights_only=True)``, which rebuilds tensors and plain containers and refuses any
+other Python object. timm's train.py checkpoints also hold their command line arguments as an
+``argparse.Namespace``; that one class is allowed (``torch.serialization.safe_globals``): it is
+a plain attribute bag whose unpickling runs no code of the file's choosing.
+"""
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import huggingface_hub
+import safetensors
+import safetensors.torch
+import timm
+import torch
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import validate_repo_id
+from timm.data.model_config import resolve_input_data_config
+from timm.models import clean_state_dict, get_pretrained_cfg, save_for_hf, split_model_name_tag
+
+from . import cards
+from .cards import CARD_NAME
+from .measure import describe, param_count
+from .sae_resnet import _create_saeresnet
+
+__all__ = [
+    'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'HubError', 'CheckpointError', 'PushError', 'Checkpoint',
+    'read_checkpoint', 'model_from_checkpoint', 'check_state_dict', 'sae_model_args', 'save_export',
+    'export_checkpoint', 'read_label_names', 'push_folder', 'layout_hub_cache', 'offline_hub_cache',
+]
+
+PathLike = Union[str, os.PathLike]
+
+CONFIG_NAME = 'config.json'
+WEIGHTS_NAME = 'model.safetensors'
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+
+# train.py arguments that describe the preprocessing the weights were trained with
+_DATA_ARGS = ('input_size', 'img_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
+
+
+class HubError(Exception):
+    """An export or push that cannot go ahead; the message says why and what to do."""
+
+
+class CheckpointError(HubError, ValueError):
+    """A checkpoint that cannot be read or does not fit the architecture."""
+
+
+class PushError(HubError, RuntimeError):
+    """An upload to the Hub that failed or was refused."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights read from a checkpoint, with what the checkpoint says about them."""
+    state_dict: Dict[str, torch.Tensor]
+    arch: Optional[str] = None  # timm train.py's ``arch`` (its ``--model``)
+    args: Dict[str, Any] = field(default_factory=dict)  # train.py's arguments, when saved
+    entry: str = ''  # the entry the weights came from ('state_dict', 'state_dict_ema'), '' for a plain state dict
+
+
+def _load_file(path: Path) -> Any:
+    """The object in a checkpoint file, read without running code from the file."""
+    if not path.exists():
+        raise CheckpointError(
+            f'{path}: no such file; give a timm checkpoint (.pth.tar), a state dict or a .safetensors file')
+    if not path.is_file():
+        raise CheckpointError(f'{path} is not a file; give the checkpoint file itself')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'{path} is empty; was it written to the end?')
+    unreadable = f'{path} cannot be read as a PyTorch checkpoint'
+    if path.suffix == '.safetensors':
+        try:
+            return safetensors.torch.load_file(path, device='cpu')
+        except (safetensors.SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f'{path} is not a readable safetensors file ({_first_line(e)}); is it truncated?') from e
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'weights only' not in str(e).lower():
+            raise CheckpointError(f'{unreadable} ({_first_line(e)}); is it truncated?') from e
+        raise CheckpointError(
+            f'{path} holds pickled Python objects besides weights ({_unsafe_globals(path)}), which timm-sae '
+            f'does not unpickle (torch.load(weights_only=True) only); re-save its weights where it is trusted, '
+            f'with torch.save(model.state_dict(), ...) or safetensors') from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f'{unreadable} ({_first_line(e)}); is it truncated?') from e
+
+
+def _unsafe_globals(path: Path) -> str:
+    """The classes and functions a pickle would need beyond what weights_only allows, as far as torch can tell."""
+    try:
+        return ', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) or 'unknown'
+    except Exception:  # not a zip checkpoint: torch cannot list them
+        return 'unknown'
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def read_checkpoint(path: PathLike, use_ema: bool = False) -> Checkpoint:
+    """Weights of a timm train.py checkpoint (EMA ones with ``use_ema``), state dict or safetensors file.
+
+    DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped.
+    """
+    path = Path(path)
+    obj = _load_file(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a state dict or a timm checkpoint')
+    entry = ''
+    if use_ema:
+        entry = next((k for k in ('state_dict_ema', 'model_ema') if isinstance(obj.get(k), dict)), '')
+        if not entry:
+            raise CheckpointError(f'{path} has no EMA weights (state_dict_ema); export it without --ema')
+    elif any(isinstance(obj.get(k), dict) for k in ('state_dict', 'model')):
+        entry = 'state_dict' if isinstance(obj.get('state_dict'), dict) else 'model'
+    state_dict = obj[entry] if entry else obj
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(
+            f'{path} is neither a state dict nor a timm checkpoint: {_some(not_tensors)} are not tensors')
+    args = obj.get('args') if entry else None
+    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    arch = obj.get('arch') if entry else None
+    return Checkpoint(clean_state_dict(state_dict), arch if isinstance(arch, str) else None, args, entry)
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    """The first few names of a list, and how many more there are."""
+    shown = ', '.join(names[:limit])
+    return f'{shown} (+{len(names) - limit} more)' if len(names) > limit else shown
+
+
+def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The SaE entrypoint arguments (``sae_*``): their defaults updated with ``model_kwargs``."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(_create_saeresnet).parameters.items()
+        if name.startswith('sae_')}
+    return {**defaults, **{k: v for k, v in (model_kwargs or {}).items() if k.startswith('sae_')}}
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise ``CheckpointError`` naming missing, unexpected and mis-shaped keys unless ``state_dict`` fits ``model``."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    misshaped = sorted(
+        f'{k} {tuple(state_dict[k].shape)} vs {expected[k]}'
+        for k in expected.keys() & state_dict.keys() if tuple(state_dict[k].shape) != expected[k])
+    if missing or unexpected or misshaped:
+        problems = [
+            f'{len(names)} {kind} ({_some(names)})'
+            for kind, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names]
+        raise CheckpointError(
+            f'the weights do not fit {what}: {"; ".join(problems)}; name the architecture with --model and its '
+            f'arguments with --num-classes / --in-chans / --model-kwargs')
+
+
+def model_from_checkpoint(
+        checkpoint: Checkpoint,
+        model_name: Optional[str] = None,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+) -> torch.nn.Module:
+    """The SaE model the checkpoint's weights belong to, with those weights.
+
+    Each setting comes from the arguments, else from the checkpoint's train.py ``args``, else (class
+    and input channels) from the shapes of the classifier and first conv weights. The model is
+    built on the meta device and takes the checkpoint's tensors as they are (dtype included).
+    """
+    args = checkpoint.args
+    model_name = model_name or args.get('model') or checkpoint.arch
+    if not model_name:
+        raise CheckpointError('the checkpoint does not name its architecture; give it with --model (timm-sae list)')
+    model_name = split_model_name_tag(model_name)[0]
+    if model_name not in timm.list_models(module='sae_resnet'):
+        raise CheckpointError(f'{model_name} is not an SaE model; give the architecture with --model (timm-sae list)')
+    kwargs = {**(args.get('model_kwargs') or {}), **(model_kwargs or {})}
+    if args.get('gp'):
+        kwargs.setdefault('global_pool', args['gp'])
+    cfg = get_pretrained_cfg(model_name)
+    weights = checkpoint.state_dict
+    if num_classes is None:
+        num_classes = args.get('num_classes')
+    if num_classes is None:
+        classifier = weights.get(f'{cfg.classifier}.weight')
+        num_classes = 0 if classifier is None else classifier.shape[0]
+    if in_chans is None:
+        in_chans = args.get('in_chans')
+    if in_chans is None:
+        first_conv = weights.get(f'{cfg.first_conv}.weight')
+        in_chans = 3 if first_conv is None else first_conv.shape[1]
+    kwargs.update(num_classes=num_classes, in_chans=in_chans)
+    try:
+        model = timm.create_model(model_name, device='meta', **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{model_name} cannot be built with {kwargs}: {_first_line(e)}') from e
+    what = f'{model_name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
+    check_state_dict(model, weights, what)
+    model.load_state_dict(weights, assign=True)
+    return model.eval()
+
+
+def read_label_names(path: PathLike, num_classes: int) -> List[str]:
+    """Class names from a JSON list or a text file with one name a line; one name a class."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding='utf-8')
+    except OSError as e:
+        raise CheckpointError(f'cannot read label names from {path}: {e.strerror}') from e
+    if path.suffix == '.json':
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f'{path} is not JSON: {e}') from e
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f'{path} must hold a JSON list of strings, or one name a line')
+    if len(names) != num_classes:
+        raise CheckpointError(f'{path} has {len(names)} label names for {num_classes} classes; give one a class')
+    return names
+
+
+def save_export(
+        model: torch.nn.Module,
+        output_dir: PathLike,
+        model_args: Optional[Mapping[str, Any]] = None,
+        data_config: Optional[Mapping[str, Any]] = None,
+        label_names: Optional[Sequence[str]] = None,
+        results: Optional[Mapping[str, Any]] = None,
+        overwrite: bool = False,
+) -> Path:
+    """Write ``model`` as a Hub folder: ``model.safetensors``, ``config.json`` (``save_for_hf``), ``README.md``.
+
+    The folder is written next to ``output_dir`` under a temporary name and renamed into place, so
+    a failure leaves nothing behind. An existing ``output_dir`` is replaced only with ``overwrite``.
+    ``results`` (a results file, see ``timm_sae.cards``) go into the card and must describe ``model``.
+    """
+    output_dir = Path(output_dir)
+    _check_target(output_dir, overwrite)
+    arch = model.pretrained_cfg['architecture']
+    params, input_size = param_count(model), _input_size(model, data_config)
+    if results is not None:
+        cards.check_results_match(results, arch, params, sae_model_args(model_args))
+        card = cards.render_card(results)  # the card hub_cards/<arch>.<tag>/README.md holds
+    else:
+        card = cards.render_card(dict(
+            model=arch, params=params, img_size=list(input_size[1:]),
+            gmacs=round(describe(  # on the meta device: no compute
+                arch, input_size, **{**(model_args or {}), 'num_classes': model.num_classes,
+                                     'in_chans': input_size[0]})['gmacs'], 3),
+            in_chans=input_size[0], num_classes=model.num_classes, model_args=sae_model_args(model_args),
+        ), name=output_dir.name, folder=output_dir.name if output_dir.is_absolute() else str(output_dir))
+
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{output_dir.name}.', suffix='.tmp', dir=output_dir.parent))
+    except OSError as e:
+        raise CheckpointError(f'cannot create {output_dir}: {e.strerror}') from e
+    source_cfg = model.pretrained_cfg
+    # the source cfg's tag (e.g. 'untrained') describes other weights than these
+    model.pretrained_cfg = {k: v for k, v in source_cfg.items() if k != 'tag'}
+    if results is not None:
+        model.pretrained_cfg['tag'] = results['tag']
+    try:
+        save_for_hf(
+            model, tmp, model_config=dict(label_names=list(label_names)) if label_names else None,
+            model_args=sae_model_args(model_args), data_config=dict(data_config or {}), safe_serialization=True)
+        (tmp / CARD_NAME).write_text(card, encoding='utf-8')
+        os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would keep others from reading the export
+        _replace_dir(tmp, output_dir, overwrite)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, ValueError)) and not isinstance(e, HubError):
+            raise CheckpointError(f'cannot write the export to {output_dir}: {_first_line(e)}') from e
+        raise
+    finally:
+        model.pretrained_cfg = source_cfg
+    return output_dir
+
+
+def _check_target(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.is_file() or output_dir.is_symlink():
+        raise CheckpointError(f'{output_dir} is a file; give the folder to export into')
+    if output_dir.exists() and not overwrite:
+        raise CheckpointError(f'{output_dir} exists; choose another folder or pass --overwrite to replace it')
+
+
+def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` (only with ``overwrite``) is swapped out, then deleted."""
+    _check_target(dst, overwrite)
+    if not dst.exists():
+        os.rename(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', suffix='.old', dir=dst.parent))
+    os.replace(dst, old)
+    try:
+        os.rename(src, dst)
+    except OSError:
+        os.replace(old, dst)
+        raise
+    shutil.rmtree(old)
+
+
+def _input_size(model: torch.nn.Module, data_config: Optional[Mapping[str, Any]]) -> tuple:
+    """(C, H, W) the export's preprocessing resolves to."""
+    return tuple(resolve_input_data_config(model, args=dict(data_config or {}))['input_size'])
+
+
+def export_checkpoint(
+        checkpoint: PathLike,
+        output_dir: PathLike,
+        model_name: Optional[str] = None,
+        use_ema: bool = False,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        label_names: Optional[PathLike] = None,
+        results: Optional[PathLike] = None,
+        overwrite: bool = False,
+) -> Path:
+    """Export a checkpoint to a Hub-ready folder (see ``save_export``).
+
+    Args:
+        checkpoint: timm train.py checkpoint, state dict (``.pth``, ``.bin``) or ``.safetensors`` file.
+        output_dir: folder to create.
+        model_name: architecture; default: the checkpoint's ``arch`` / ``args.model``.
+        use_ema: export the checkpoint's EMA weights (``state_dict_ema``).
+        num_classes: classifier size; default: train.py ``args``, else the classifier weight's shape.
+        in_chans: input channels; default: train.py ``args``, else the first conv weight's shape.
+        model_kwargs: entrypoint arguments (``sae_*`` ...) over train.py's ``--model-kwargs``.
+        label_names: file of class names (JSON list or one a line) for ``config.json``.
+        results: results file (``hub_cards/<arch>.<tag>/results.json``) for the model card.
+        overwrite: replace an existing ``output_dir``.
+    """
+    output_dir = Path(output_dir)
+    _check_target(output_dir, overwrite)
+    ckpt = read_checkpoint(checkpoint, use_ema=use_ema)
+    model = model_from_checkpoint(ckpt, model_name, num_classes, in_chans, model_kwargs)
+    names = read_label_names(label_names, model.num_classes) if label_names else None
+    results = cards.load_results(results) if results else None
+    data_config = {k: ckpt.args[k] for k in _DATA_ARGS if ckpt.args.get(k) not in (None, '')}
+    model_args = {**(ckpt.args.get('model_kwargs') or {}), **(model_kwargs or {})}
+    return save_export(model, output_dir, model_args, data_config, names, results, overwrite)
+
+
+def push_folder(
+        folder: PathLike,
+        repo_id: str,
+        token: Optional[str] = None,
+        private: bool = False,
+        revision: Optional[str] = None,
+        create_pr: bool = False,
+        commit_message: str = 'Add model',
+        update_card: bool = False,
+        api: Optional[HfApi] = None,
+) -> Any:
+    """Upload an exported folder (weights, config, card) to ``repo_id``; returns the Hub's commit info.
+
+    The token is ``token``, else ``HF_TOKEN``, else the saved login. The repository is created if
+    missing and the ``revision`` branch too. A README already on the Hub is kept unless
+    ``update_card``. Only the export's files are uploaded; the folder is only read. ``api`` replaces
+    the ``HfApi`` client (tests).
+    """
+    folder = Path(folder)
+    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise PushError(f'{folder} lacks {", ".join(missing)}; make it with timm-sae export')
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as e:
+        raise PushError(f'--repo-id {repo_id!r} is not a Hub repository id: {_first_line(e)}') from e
+    if '/' not in repo_id:
+        raise PushError(f'--repo-id {repo_id!r} needs its owner: ORG/NAME or USER/NAME')
+    token = token or get_token()
+    if not token:
+        raise PushError('no Hugging Face token: pass --token, set HF_TOKEN, or log in with `hf auth login` '
+                        '(the token needs write access)')
+    api = api or HfApi(token=token, library_name='timm', library_version=timm.__version__)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        keep_card = not update_card and api.file_exists(repo_id, CARD_NAME, revision=revision)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
+            commit_message=commit_message,
+            allow_patterns=[n for n in EXPORT_FILES if not (keep_card and n == CARD_NAME)])
+    except HfHubHTTPError as e:
+        raise PushError(_http_error_message(e, repo_id)) from e
+    except Exception as e:  # network and transport failures, whichever HTTP client huggingface_hub uses
+        raise PushError(
+            f'could not reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}); check the network '
+            f'(HF_ENDPOINT, proxies, HF_HUB_OFFLINE) and push again') from e
+
+
+def _http_error_message(error: HfHubHTTPError, repo_id: str) -> str:
+    status = getattr(error.response, 'status_code', None)
+    if status == 401:
+        return ('the Hub refused the token (401 Unauthorized); check --token / HF_TOKEN or log in again '
+                'with `hf auth login`')
+    if status == 403:
+        return (f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
+                f'{repo_id.split("/")[0]}')
+    return f'the Hub refused the push to {repo_id} ({_first_line(error)})'
+
+
+def layout_hub_cache(
+        folder: PathLike,
+        cache_dir: PathLike,
+        repo_id: str,
+        revision: str = 'main',
+) -> Path:
+    """Copy an exported folder into a Hugging Face Hub cache as ``repo_id`` at ``revision``; returns the snapshot.
+
+    Layout: ``models--ORG--NAME/refs/<revision>`` holds a 40-hex commit id (the SHA-1 of the files),
+    ``models--ORG--NAME/snapshots/<id>/`` the files. Within ``offline_hub_cache(cache_dir)`` (or in a
+    process started with ``HF_HUB_OFFLINE=1 HF_HUB_CACHE=<cache_dir>``),
+    ``create_model('hf-hub:ORG/NAME', pretrained=True)`` loads from it.
+    """
+    folder, repo_dir = Path(folder), Path(cache_dir) / f'models--{repo_id.replace("/", "--")}'
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open('rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                digest.update(chunk)
+    commit = digest.hexdigest()
+    snapshot = repo_dir / 'snapshots' / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy2(path, snapshot / path.name)
+    (repo_dir / 'refs').mkdir(exist_ok=True)
+    (repo_dir / 'refs' / revision).write_text(commit)
+    return snapshot
+
+
+@contextmanager
+def offline_hub_cache(cache_dir: PathLike) -> Iterator[None]:
+    """Within the block, huggingface_hub is offline and reads ``cache_dir`` as its Hub cache.
+
+    Patches ``huggingface_hub.constants`` (read at call time; the ``HF_HUB_OFFLINE`` /
+    ``HF_HUB_CACHE`` environment variables are read only once, at import).
+    """
+    constants = huggingface_hub.constants
+    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE
+    constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = True, str(cache_dir)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = saved
