@@ -304,7 +304,10 @@ def write_checkpoint(
     torch.save({
         'arch': model_name,
         'state_dict': state_dict,
-        'args': {'model': model_name, 'num_classes': NUM_CLASSES, 'in_chans': 1, 'model_kwargs': kwargs},
+        'args': {'model': model_name, 'num_classes': NUM_CLASSES, 'in_chans': 1, 'model_kwargs': kwargs,
+                 # preprocessing in train.py's argument names, for the export's pretrained_cfg
+                 'input_size': protocol['input_size'], 'mean': protocol['mean'], 'std': protocol['std'],
+                 'crop_pct': 1.0},
         'epoch': best['epoch'],
         'metric': best['val_top1'],
     }, path)

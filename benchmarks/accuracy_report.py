@@ -96,11 +96,12 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = C
 
 
 def group_runs(results: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
-    """Runs per configuration, in order of first appearance, each sorted by seed."""
+    """Runs per configuration (the main models first, then the others by name), each sorted by seed."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for run in results['runs']:
         groups.setdefault(run['config'], []).append(run)
-    return {config: sorted(runs, key=lambda r: r['seed']) for config, runs in groups.items()}
+    order = sorted(groups, key=lambda c: (MAIN_MODELS.index(c) if c in MAIN_MODELS else len(MAIN_MODELS), c))
+    return {config: sorted(groups[config], key=lambda r: r['seed']) for config in order}
 
 
 def _mean_std(values: Sequence[float], digits: int = 2) -> str:

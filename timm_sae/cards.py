@@ -324,7 +324,7 @@ def render_card(info: Mapping[str, Any], name: Optional[str] = None, folder: Opt
             f'the weights go to the Hub with')
     description = (
         f"A Squeeze aggregated Excitation (SaE) {info['model']} image classification model"
-        + (f", trained on {info['dataset']['name']} with timm's train.py." if 'dataset' in info else '.'))
+        + (f", trained on {info['dataset']['name']}." if 'dataset' in info else '.'))
     return TEMPLATE.substitute(
         front_matter=_front_matter(info, name),
         name=name,
