@@ -2,10 +2,13 @@
 
 timm's ``BasicBlock`` / ``Bottleneck`` end with ``x = attn(x); x += shortcut``: the gate allocates
 a new tensor and makes a pass over it, then the add makes another. With SaE the gate is a
-per-channel multiplier, so the tail is one ``addcmul(shortcut, x, scale)`` pass instead, written
-into the block's own normalisation output when autograd does not need it (inference), which also
-saves the allocation. Stochastic depth (timm's per-sample ``DropPath``) is applied to the
-(N, C, 1, 1) multiplier, which gives the same result as applying it to ``x * scale``.
+per-channel multiplier, so when autograd does not need the tail (inference) it is one
+``addcmul(shortcut, x, scale)`` pass instead, written into the block's own normalisation output,
+which also saves the allocation. With autograd the tail is SE's ``x * scale; += shortcut``:
+``addcmul``'s backward makes an extra pass over ``x`` (it computes ``grad * (x * value)``), which
+costs more than the forward pass it saves. Under ``torch.compile`` the tail is the plain expression
+``shortcut + x * scale``, which the compiler fuses itself. Stochastic depth (timm's per-sample ``DropPath``) is
+applied to the (N, C, 1, 1) multiplier, which gives the same result as applying it to ``x * scale``.
 
 Only ``forward`` changes: parameters, state dicts, ``feature_info`` and everything else are
 timm's. One consequence of writing in place: a forward hook on the block's last norm layer that
@@ -18,9 +21,14 @@ from timm.models.resnet import BasicBlock, Bottleneck
 
 @register_notrace_function
 def gated_residual_add(x: torch.Tensor, scale: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``shortcut + x * scale`` in one pass; in place into ``x`` when no input needs a gradient."""
+    """``shortcut + x * scale``: one pass in place into ``x`` when no input needs a gradient."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_compiling():
+            return shortcut + x * scale
     if x.requires_grad or scale.requires_grad or shortcut.requires_grad:
-        return torch.addcmul(shortcut, x, scale)
+        out = x * scale
+        out += shortcut
+        return out
     return torch.addcmul(shortcut, x, scale, out=x)
 
 

@@ -1,0 +1,446 @@
+"""Speed of SaE vs SE vs plain ResNet, measured side by side.
+
+For each pair (group of twins) and mode (inference or training step, NCHW or channels_last, eager
+or ``torch.compile``) the group's models are timed in turn within each round (A B C, A B C, ...)
+after a warm-up, and each model's throughput ratio to a reference is the median over rounds of
+``t_reference / t_model`` (quartiles of the per-round ratios are kept as the spread).
+
+Peak memory is measured per model with only that model alive, for building it and its batch and
+running warm-up + one step: on the CPU the peak RSS (VmHWM, reset first) of a fresh subprocess
+above its RSS before, with glibc's mmap threshold fixed so that freed blocks leave the RSS; on a GPU
+``torch.cuda.max_memory_allocated`` above the memory allocated before. Eager modes only (a
+compiled model would be compiled again).
+
+The training step is forward + backward + SGD step (momentum 0.9) on cross-entropy with random
+labels. fp32 on the CPU, bf16 autocast on a GPU (``--precision`` overrides).
+
+Usage (from the repository root)::
+
+    python benchmarks/speed.py --device cpu --batch-size 16 --train-batch-size 8 --rounds 11
+    python benchmarks/speed.py --device cuda --batch-size 256 --modes infer-cl train-cl --compile resnet50
+    python benchmarks/speed.py --quick --out /tmp/speed.json         # tiny settings, for tests
+    python benchmarks/speed.py --table-only benchmarks/results/speed_cpu.json
+
+Writes ``benchmarks/results/speed_<device>.json`` (settings, versions, hardware, the exact command,
+per-round times, ratios) and the markdown table ``speed_<device>.md`` generated from it.
+"""
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import timm_sae
+from timm_sae.fuse import fuse_batchnorm
+from timm_sae.measure import describe, median_ratio, time_interleaved
+
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+MIB = 2 ** 20
+TRAIN_STEP = 'forward + backward + SGD step (momentum 0.9), cross-entropy on random labels'
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model in a pair: a timm model name, optionally with its BatchNorms folded."""
+    model: str
+    bn_folded: bool = False
+
+    @property
+    def label(self) -> str:
+        return f'{self.model} (BN folded)' if self.bn_folded else self.model
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Models timed together; ratios are taken against each of ``references`` (labels)."""
+    entries: Tuple[Entry, ...]
+    references: Tuple[str, ...]
+    tasks: Tuple[str, ...] = ('infer', 'train')
+    note: str = ''
+
+
+PAIRS: Dict[str, Pair] = {
+    'resnet50': Pair((Entry('saeresnet50'), Entry('seresnet50'), Entry('resnet50')), ('seresnet50', 'resnet50')),
+    'resnet18': Pair((Entry('saeresnet18'), Entry('seresnet18'), Entry('resnet18')), ('seresnet18', 'resnet18')),
+    'resnext50': Pair((Entry('saeresnext50_32x4d'), Entry('seresnext50_32x4d')), ('seresnext50_32x4d',)),
+    'resnet50_bn_folded': Pair(
+        (Entry('saeresnet50', True), Entry('seresnet50', True), Entry('seresnet50')),
+        ('seresnet50 (BN folded)', 'seresnet50'),
+        tasks=('infer',),
+        note='BatchNorm folded into the convs (timm_sae.fuse.fuse_batchnorm), inference only. '
+             'vs seresnet50 (BN folded) is the fair comparison, both folded; vs seresnet50 (unfolded) '
+             'is not: it shows what folding buys, and folding speeds up SE alike.',
+    ),
+}
+# mode -> (task, channels_last)
+MODES: Dict[str, Tuple[str, bool]] = {
+    'infer-nchw': ('infer', False),
+    'infer-cl': ('infer', True),
+    'train-nchw': ('train', False),
+    'train-cl': ('train', True),
+}
+FULL = dict(
+    batch_size=16, train_batch_size=None, img_size=224, rounds=11, warmup=2,
+    pairs=['resnet50', 'resnet18', 'resnext50', 'resnet50_bn_folded'], modes=list(MODES), threads=None)
+# one thread: tiny ops on threads that other processes keep waiting are slower by orders of magnitude
+QUICK = dict(
+    batch_size=2, train_batch_size=None, img_size=64, rounds=2, warmup=1, pairs=['resnet18'], modes=['infer-nchw'],
+    threads=1)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything needed to build one model's step, also in a memory-probe subprocess."""
+    model: str
+    bn_folded: bool
+    task: str
+    channels_last: bool
+    compiled: bool
+    batch_size: int
+    img_size: int
+    device: str
+    precision: str
+    threads: int
+
+
+def _build_step(s: Setting) -> Callable[[], None]:
+    """One inference or training step of a freshly built model on a fixed random batch."""
+    device = torch.device(s.device)
+    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = timm.create_model(s.model)
+    if s.bn_folded:
+        model = fuse_batchnorm(model.eval())
+    model = model.to(device=device, memory_format=memory_format)
+    model.train(s.task == 'train')
+    x = torch.randn(s.batch_size, 3, s.img_size, s.img_size, device=device).contiguous(memory_format=memory_format)
+    run = torch.compile(model) if s.compiled else model
+
+    def autocast():
+        if s.precision == 'bf16':
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    if s.task == 'infer':
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                run(x)
+        return step
+
+    target = torch.randint(0, model.num_classes, (s.batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(run(x), target)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+
+
+def _rss_reset_peak() -> int:
+    """Current RSS in bytes, with the kernel's peak RSS (VmHWM) reset to it (Linux)."""
+    Path('/proc/self/clear_refs').write_text('5')
+    return _proc_status_bytes('VmRSS')
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f'no {field} in /proc/self/status')
+
+
+def _probe_memory(s: Setting) -> float:
+    """MiB of peak memory above what was held before the model was built (model, batch, two steps)."""
+    cuda = s.device.startswith('cuda')
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_reset_peak()
+    step = _build_step(s)
+    step()
+    step()
+    _sync(s.device)()
+    peak = torch.cuda.max_memory_allocated() if cuda else _proc_status_bytes('VmHWM')
+    del step
+    return (peak - base) / MIB
+
+
+def peak_memory_mib(settings: Dict[str, Setting]) -> Dict[str, float]:
+    """Peak memory of each model's steps, one model alive at a time.
+
+    On a GPU in this process, one model after the other; on the CPU in fresh subprocesses (run
+    side by side: each one's peak RSS is its own).
+    """
+    if settings and next(iter(settings.values())).device.startswith('cuda'):
+        return {label: _probe_memory(s) for label, s in settings.items()}
+    script = str(Path(__file__).resolve())
+    # a fixed mmap threshold: glibc returns every freed block from 128 KiB up to the OS, so that the
+    # peak RSS follows the live tensors rather than what the allocator happened to keep
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
+    procs = {
+        label: subprocess.Popen(
+            [sys.executable, script, '--memory-probe', json.dumps(asdict(s))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for label, s in settings.items()}
+    memory = {}
+    for label, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f'memory probe of {label} failed:\n{err}')
+        memory[label] = float(out.strip().splitlines()[-1])
+    return memory
+
+
+def _spread(reference: Sequence[float], times: Sequence[float]) -> Dict[str, float]:
+    """Median and quartiles over rounds of the throughput ratio ``reference[i] / times[i]``."""
+    q1, _, q3 = statistics.quantiles([r / t for r, t in zip(reference, times)], n=4, method='inclusive')
+    return {'median': median_ratio(reference, times), 'q1': q1, 'q3': q3}
+
+
+def run_mode(pair_name: str, mode: str, compiled: bool, args: argparse.Namespace) -> dict:
+    """Time one pair in one mode, models interleaved round by round; then memory per model."""
+    pair, (task, channels_last) = PAIRS[pair_name], MODES[mode]
+    batch_size = args.train_batch_size if task == 'train' else args.batch_size
+    settings = {
+        e.label: Setting(
+            e.model, e.bn_folded, task, channels_last, compiled, batch_size, args.img_size,
+            args.device, args.precision, torch.get_num_threads())
+        for e in pair.entries}
+    if compiled:
+        torch._dynamo.reset()
+    steps = {label: _build_step(s) for label, s in settings.items()}
+    times = time_interleaved(steps, rounds=args.rounds, warmup=args.warmup, sync=_sync(args.device))
+    del steps
+    memory = dict.fromkeys(settings) if compiled else peak_memory_mib(settings)
+
+    models = []
+    for e in pair.entries:
+        t = times[e.label]
+        models.append({
+            'label': e.label,
+            'model': e.model,
+            'bn_folded': e.bn_folded,
+            'round_times_s': t,
+            'median_s': statistics.median(t),
+            'images_per_s': batch_size / statistics.median(t),
+            'throughput_ratio': {r: _spread(times[r], t) for r in pair.references if r != e.label},
+            'peak_memory_mib': memory[e.label],
+            'memory_ratio': {
+                r: memory[e.label] / memory[r] for r in pair.references
+                if r != e.label and memory[e.label] is not None},
+        })
+        print(f"  {e.label:28s} {models[-1]['images_per_s']:8.1f} img/s  " + '  '.join(
+            f"vs {r} {v['median']:.3f}" for r, v in models[-1]['throughput_ratio'].items()), flush=True)
+    return {
+        'pair': pair_name, 'mode': mode, 'task': task,
+        'memory_format': 'channels_last' if channels_last else 'nchw',
+        'backend': 'compile' if compiled else 'eager', 'batch_size': batch_size,
+        'references': list(pair.references), 'note': pair.note, 'models': models,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    return platform.processor()
+
+
+def environment(device: str) -> Tuple[dict, dict]:
+    """(versions, hardware) for the report."""
+    versions = {
+        'python': platform.python_version(), 'torch': torch.__version__,
+        'timm': timm.__version__, 'timm_sae': timm_sae.__version__,
+    }
+    hardware = {
+        'cpu': _cpu_model(), 'cpu_cores': os.cpu_count(), 'cpus_usable': len(os.sched_getaffinity(0)),
+        'torch_threads': torch.get_num_threads(), 'load_average_at_start': os.getloadavg(),
+    }
+    if device.startswith('cuda'):
+        hardware.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    return versions, hardware
+
+
+def _ratio_cell(ratio: Optional[dict]) -> str:
+    if ratio is None:
+        return '1 (ref)'
+    return f"{ratio['median']:.3f} [{ratio['q1']:.2f}, {ratio['q3']:.2f}]"
+
+
+def markdown(report: dict) -> str:
+    """The markdown tables of a report (generated from the JSON alone)."""
+    st, hw, ver = report['settings'], report['hardware'], report['versions']
+    gpu = f", GPU {hw['gpu']} (CUDA {hw['cuda']})" if 'gpu' in hw else ''
+    lines = [
+        f"# SaE vs SE vs ResNet: speed on {st['device']}",
+        '',
+        *([] if report['complete'] else [
+            f"**Incomplete: {len(report['results'])} of {len(report['planned'])} modes ran.**", '']),
+        f"`{report['command']}`",
+        '',
+        f"CPU {hw['cpu']} ({hw['cpu_cores']} cores, {hw['torch_threads']} torch threads){gpu}; "
+        f"load average at start {', '.join(f'{v:.2f}' for v in hw['load_average_at_start'])}. "
+        f"python {ver['python']}, torch {ver['torch']}, timm {ver['timm']}, timm_sae {ver['timm_sae']}.",
+        '',
+        f"{st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, training batch "
+        f"{st['train_batch_size']}; {st['rounds']} rounds after {st['warmup']} warm-up, models in turn "
+        f"within each round. Training step: {st['train_step']}.",
+        '',
+        'Ratios are throughput ratios (> 1: faster than the reference; memory: < 1 uses less), the median '
+        'over rounds of t_ref / t_model, with the quartiles of the per-round ratios in brackets. '
+        f"Peak memory: {st['memory']}.",
+        '',
+        '| model | params (M) | GMACs |',
+        '|---|---:|---:|',
+        *[f"| {name} | {m['params_m']:.2f} | {m['gmacs']:.2f} |" for name, m in report['models'].items()],
+    ]
+    for pair in dict.fromkeys(r['pair'] for r in report['results']):
+        results = [r for r in report['results'] if r['pair'] == pair]
+        refs = results[0]['references']
+        lines += ['', f'## {pair}', '']
+        if results[0]['note']:
+            lines += [results[0]['note'], '']
+        lines += [
+            '| mode | backend | batch | model | img/s | ' + ' | '.join(f'vs {r}' for r in refs)
+            + ' | peak MiB | ' + ' | '.join(f'memory vs {r}' for r in refs) + ' |',
+            '|---|---|---:|---|---:|' + '---:|' * len(refs) + '---:|' + '---:|' * len(refs),
+        ]
+        for r in results:
+            for m in r['models']:
+                mem = m['peak_memory_mib']
+                cells = [
+                    r['mode'], r['backend'], str(r['batch_size']), m['label'], f"{m['images_per_s']:.1f}",
+                    *[_ratio_cell(m['throughput_ratio'].get(ref)) for ref in refs],
+                    '-' if mem is None else f'{mem:.0f}',
+                    *['-' if mem is None else f"{m['memory_ratio'].get(ref, 1.):.3f}" for ref in refs],
+                ]
+                lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_table(json_path: Path) -> Path:
+    """(Re)generate the markdown table next to a report JSON."""
+    md_path = json_path.with_suffix('.md')
+    md_path.write_text(markdown(json.loads(json_path.read_text())))
+    return md_path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='SaE vs SE vs ResNet speed and memory, side by side.')
+    parser.add_argument('--device', default='cpu', help='cpu (default) or cuda[:N]')
+    parser.add_argument('--batch-size', type=int, help='inference batch (default 16; --quick 2)')
+    parser.add_argument('--train-batch-size', type=int, help='training batch (default: --batch-size)')
+    parser.add_argument('--img-size', type=int, help='input size (default 224; --quick 64)')
+    parser.add_argument('--rounds', type=int, help='timed rounds, 5 or more for results (default 11; --quick 2)')
+    parser.add_argument('--warmup', type=int, help='warm-up rounds (default 2; --quick 1)')
+    parser.add_argument('--modes', nargs='+', choices=list(MODES), help=f'default: all of {list(MODES)}')
+    parser.add_argument('--pairs', nargs='+', choices=list(PAIRS), help=f'default: all of {list(PAIRS)}')
+    parser.add_argument(
+        '--compile', nargs='*', choices=list(PAIRS), metavar='PAIR',
+        help='also time torch.compile for these pairs (every selected pair when none is named)')
+    parser.add_argument('--precision', choices=['fp32', 'bf16'], help='default: fp32 on cpu, bf16 autocast on cuda')
+    parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch default; --quick 1)')
+    parser.add_argument('--quick', action='store_true', help='tiny settings: one pair, one mode, for tests')
+    parser.add_argument('--out', type=Path, help='JSON path (default benchmarks/results/speed_<device>.json)')
+    parser.add_argument('--table-only', type=Path, metavar='JSON', help='only regenerate the markdown of a JSON')
+    parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.memory_probe:
+        setting = Setting(**json.loads(args.memory_probe))
+        torch.set_num_threads(setting.threads)
+        print(_probe_memory(setting))
+        return 0
+    if args.table_only:
+        print(f'wrote {write_table(args.table_only)}')
+        return 0
+
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.train_batch_size = args.train_batch_size or args.batch_size
+    args.precision = args.precision or ('bf16' if args.device.startswith('cuda') else 'fp32')
+    if args.rounds < 2:
+        raise SystemExit('--rounds must be at least 2 (5 or more for results)')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith('cuda'):
+        torch.backends.cudnn.benchmark = True
+    compile_pairs = [] if args.compile is None else (args.compile or args.pairs)
+
+    versions, hardware = environment(args.device)
+    input_size = (3, args.img_size, args.img_size)
+    # eager first: the compiled modes, slow to compile, come last
+    planned = [
+        (pair, mode, compiled) for compiled in (False, True) for pair in args.pairs for mode in args.modes
+        if MODES[mode][0] in PAIRS[pair].tasks and (not compiled or pair in compile_pairs)]
+    names = dict.fromkeys(e.model for p in args.pairs for e in PAIRS[p].entries)
+    report = {
+        'command': shlex.join(['python', os.path.relpath(__file__), *argv]),
+        'created': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        'complete': False,
+        'versions': versions,
+        'hardware': hardware,
+        'settings': {
+            'device': args.device, 'precision': args.precision, 'img_size': args.img_size,
+            'batch_size': args.batch_size, 'train_batch_size': args.train_batch_size,
+            'rounds': args.rounds, 'warmup': args.warmup, 'train_step': TRAIN_STEP,
+            'cudnn_benchmark': torch.backends.cudnn.benchmark,
+            'timing': 'seconds per step, models in turn within each round (A B C, A B C, ...)',
+            'memory': (
+                'torch.cuda.max_memory_allocated above the memory allocated before the model was built'
+                if args.device.startswith('cuda') else
+                'peak RSS (VmHWM) of a fresh subprocess above its RSS before the model was built'
+            ) + ' (model, batch, warm-up + one step; eager only)',
+        },
+        'planned': [f"{pair} {mode} {'compile' if compiled else 'eager'}" for pair, mode, compiled in planned],
+        'models': {name: describe(name, input_size) for name in names},
+        'results': [],
+    }
+    out = args.out or RESULTS_DIR / f"speed_{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for pair, mode, compiled in planned:  # the report is rewritten after each mode: a cut run keeps its results
+        print(f"{pair} {mode} {'compile' if compiled else 'eager'}", flush=True)
+        start = time.perf_counter()
+        report['results'].append(run_mode(pair, mode, compiled, args))
+        report['results'][-1]['wall_s'] = time.perf_counter() - start
+        print(f"  ({report['results'][-1]['wall_s']:.0f} s with warm-up, compilation and memory)", flush=True)
+        report['complete'] = len(report['results']) == len(planned)
+        hardware['load_average_at_end'] = os.getloadavg()
+        out.write_text(json.dumps(report, indent=1) + '\n')
+        write_table(out)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
