@@ -19,12 +19,12 @@ echo "accuracy: exit $?" >>"$log"
 [ -f /tmp/ck/saeresnet18_seed0.pth.tar ] && split -b 15M /tmp/ck/saeresnet18_seed0.pth.tar "$OUT/saeresnet18_seed0.pth.tar.part-"
 
 # eager: bf16 autocast, channels_last and NCHW, inference batch 256, training batch 128
-timeout 100 python3 benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 --rounds 11 \
+timeout 150 python3 benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 --rounds 11 \
     --warmup 3 --pairs resnet50 resnet18 resnext50 --modes infer-cl train-cl infer-nchw train-nchw \
     --out "$OUT/speed_cuda.json" >>"$log" 2>&1
 echo "speed eager: exit $?" >>"$log"
 # torch.compile on the 50-layer trio, channels_last
-timeout 150 python3 benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 --rounds 11 \
+timeout 300 python3 benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 --rounds 11 \
     --warmup 3 --pairs resnet50 --modes infer-cl train-cl --compile resnet50 \
     --out "$OUT/speed_cuda_compile.json" >>"$log" 2>&1
 echo "speed compile: exit $?" >>"$log"

@@ -4,8 +4,12 @@
 Paper: `Squeeze aggregated excitation network` - https://arxiv.org/abs/2308.13343
 """
 from .blocks import SaEBasicBlock, SaEBottleneck, gated_residual_add
+from .fuse import fuse_batchnorm
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 from . import sae_resnet  # registers the models with timm
 
 __version__ = '0.1.0'
-__all__ = ['SqueezeAggregatedExcitation', 'SaEBasicBlock', 'SaEBottleneck', 'gated_residual_add', '__version__']
+__all__ = [
+    'SqueezeAggregatedExcitation', 'SaEBasicBlock', 'SaEBottleneck', 'gated_residual_add', 'fuse_batchnorm',
+    '__version__',
+]
