@@ -48,6 +48,8 @@ import timm_sae
 from timm_sae.fuse import fuse_batchnorm
 from timm_sae.measure import describe, median_ratio, time_interleaved
 
+from readme_sections import update_readme_section
+
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MIB = 2 ** 20
 TRAIN_STEP = 'forward + backward + SGD step (momentum 0.9), cross-entropy on random labels'
@@ -343,10 +345,38 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_table(json_path: Path) -> Path:
-    """(Re)generate the markdown table next to a report JSON."""
+def readme_summary(report: dict, source: str) -> str:
+    """The README's section: the SaE model of each pair against its references, per mode."""
+    st, hw, ver = report['settings'], report['hardware'], report['versions']
+    device = f"GPU {hw['gpu']}" if 'gpu' in hw else f"CPU {hw['cpu']}, {hw['torch_threads']} torch threads"
+    lines = [
+        f"From `{source}` ({'complete' if report['complete'] else 'INCOMPLETE'}): {device}; torch {ver['torch']}, "
+        f"timm {ver['timm']}; {st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, "
+        f"training batch {st['train_batch_size']}, {st['rounds']} interleaved rounds; `{report['command']}`. "
+        'Throughput ratio of the first model of each row to the reference (> 1: faster), median over rounds '
+        '[quartiles]; memory: ratio of peak memory (< 1: less).',
+        '',
+        '| model | reference | mode | backend | throughput ratio | memory ratio |',
+        '|---|---|---|---|---:|---:|',
+    ]
+    for r in report['results']:
+        first = r['models'][0]
+        for ref, ratio in first['throughput_ratio'].items():
+            memory = first['memory_ratio'].get(ref)
+            lines.append(
+                f"| {first['label']} | {ref} | {r['mode']} | {r['backend']} | {_ratio_cell(ratio)} | "
+                f"{'-' if memory is None else f'{memory:.3f}'} |")
+    return '\n'.join(lines) + '\n'
+
+
+def write_table(json_path: Path, readme: Optional[Path] = None) -> Path:
+    """(Re)generate the markdown table next to a report JSON, and the README's section when given."""
+    report = json.loads(json_path.read_text())
     md_path = json_path.with_suffix('.md')
-    md_path.write_text(markdown(json.loads(json_path.read_text())))
+    md_path.write_text(markdown(report))
+    if readme:
+        source = os.path.relpath(json_path.resolve(), readme.resolve().parent)
+        update_readme_section('speed', readme_summary(report, source), 'benchmarks/speed.py', readme)
     return md_path
 
 
@@ -368,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--quick', action='store_true', help='tiny settings: one pair, one mode, for tests')
     parser.add_argument('--out', type=Path, help='JSON path (default benchmarks/results/speed_<device>.json)')
     parser.add_argument('--table-only', type=Path, metavar='JSON', help='only regenerate the markdown of a JSON')
+    parser.add_argument('--readme', type=Path, help='also rewrite the "speed" section of this README')
     parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
     return parser
 
@@ -381,7 +412,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_probe_memory(setting))
         return 0
     if args.table_only:
-        print(f'wrote {write_table(args.table_only)}')
+        print(f'wrote {write_table(args.table_only, args.readme)}')
         return 0
 
     for key, value in (QUICK if args.quick else FULL).items():
@@ -437,7 +468,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report['complete'] = len(report['results']) == len(planned)
         hardware['load_average_at_end'] = os.getloadavg()
         out.write_text(json.dumps(report, indent=1) + '\n')
-        write_table(out)
+        write_table(out, args.readme)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
