@@ -1,14 +1,15 @@
-"""timm ResNet blocks whose tail fuses the SaE gate with the residual add.
+"""timm ResNet blocks whose tail applies the SaE gate without allocating a new tensor.
 
 timm's ``BasicBlock`` / ``Bottleneck`` end with ``x = attn(x); x += shortcut``: the gate allocates
-a new tensor and makes a pass over it, then the add makes another. With SaE the gate is a
-per-channel multiplier, so when autograd does not need the tail (inference) it is one
-``addcmul(shortcut, x, scale)`` pass instead, written into the block's own normalisation output,
-which also saves the allocation. With autograd the tail is SE's ``x * scale; += shortcut``:
-``addcmul``'s backward makes an extra pass over ``x`` (it computes ``grad * (x * value)``), which
-costs more than the forward pass it saves. Under ``torch.compile`` the tail is the plain expression
-``shortcut + x * scale``, which the compiler fuses itself. Stochastic depth (timm's per-sample ``DropPath``) is
-applied to the (N, C, 1, 1) multiplier, which gives the same result as applying it to ``x * scale``.
+a new tensor for ``x * s`` (on the CPU, fresh large allocations cost page faults on top of the
+pass), then the add makes another pass. With SaE the gate is a per-channel multiplier, so when
+autograd does not need the tail (inference) it is computed in place in the block's own
+normalisation output: ``x *= scale; x += shortcut``, the same operations in the same order as the
+autograd path, so both give bit-identical results. With autograd the tail is SE's
+``x * scale; += shortcut`` (``addcmul`` would save a forward pass, but its backward makes an extra
+pass over ``x``). Under ``torch.compile`` it is the plain expression ``shortcut + x * scale``,
+which the compiler fuses itself. Stochastic depth (timm's per-sample ``DropPath``) is applied to
+the (N, C, 1, 1) multiplier, which gives the same result as applying it to ``x * scale``.
 
 Only ``forward`` changes: parameters, state dicts, ``feature_info`` and everything else are
 timm's. One consequence of writing in place: a forward hook on the block's last norm layer that
@@ -21,7 +22,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 
 @register_notrace_function
 def gated_residual_add(x: torch.Tensor, scale: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``shortcut + x * scale``: one pass in place into ``x`` when no input needs a gradient."""
+    """``shortcut + x * scale``, in place into ``x`` when no input needs a gradient."""
     if not torch.jit.is_scripting():
         if torch.compiler.is_compiling():
             return shortcut + x * scale
@@ -29,11 +30,11 @@ def gated_residual_add(x: torch.Tensor, scale: torch.Tensor, shortcut: torch.Ten
         out = x * scale
         out += shortcut
         return out
-    return torch.addcmul(shortcut, x, scale, out=x)
+    return x.mul_(scale).add_(shortcut)
 
 
 class _GatedResidualTail:
-    """Mixin: the block tail ``shortcut + x * scale`` as one pass (see module docstring)."""
+    """Mixin: the block tail ``shortcut + x * scale`` (see module docstring)."""
 
     def gated_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         scale = self.se.scale(x)
