@@ -6,6 +6,7 @@ loads it back with ``timm.create_model('hf-hub:...', pretrained=True)`` with the
 checks the outputs are bit-identical, and times the model against its timm SE twin (eval, small
 batch, interleaved rounds).
 """
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def run_demo(
     out(f'| model | params (M) | GMACs @ {img_size}px | ms / batch of {batch_size} (median of {rounds}) |')
     out('|---|---:|---:|---:|')
     for name in (model_name, twin_name):
-        ms = 1e3 * sorted(times[name])[len(times[name]) // 2]
+        ms = 1e3 * statistics.median(times[name])
         out(f"| {name} | {stats[name]['params_m']:.2f} | {stats[name]['gmacs']:.2f} | {ms:.1f} |")
     out(f'{model_name} / {twin_name} time: {ratio:.3f} (median of per-round ratios, '
         f'{torch.get_num_threads()} threads, eval, fp32)')
