@@ -18,7 +18,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import random
 import shlex
 import sys
@@ -36,8 +35,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-import timm_sae
-from timm_sae.measure import describe, param_count
+import timm_sae  # noqa: F401  (registers the SaE models)
+from timm_sae.measure import cpu_model, describe, param_count, software_versions
 
 from fashion_mnist import DEFAULT_DATA_DIR, IMAGE_SIZE, NUM_CLASSES, load_fashion_mnist, train_val_indices
 
@@ -320,15 +319,7 @@ def write_checkpoint(
 
 def hardware(device: torch.device) -> str:
     """Human-readable description of the machine a run used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f'{cpu}, {os.cpu_count()} logical CPUs'
+    text = f'{cpu_model()}, {os.cpu_count()} logical CPUs'
     if device.type == 'cuda':
         props = torch.cuda.get_device_properties(device)
         text = (f'{props.name} ({props.total_memory / 2 ** 30:.0f} GiB), CUDA {torch.version.cuda}, '
@@ -338,8 +329,7 @@ def hardware(device: torch.device) -> str:
 
 def versions() -> Dict[str, str]:
     """Versions of the software the results depend on."""
-    return {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
-            'timm_sae': timm_sae.__version__, 'numpy': np.__version__}
+    return {**software_versions(), 'numpy': np.__version__}
 
 
 # Worker processes (spawn) keep the data set on their device between runs.

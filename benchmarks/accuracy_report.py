@@ -140,7 +140,7 @@ def verdict(name: str, runs: Dict[str, List[Dict[str, Any]]], reference: str) ->
         side = 'higher' if low > 0 else 'lower'
         finding = f'the 95% interval excludes 0: {name} is {side} than {reference} under this protocol'
     else:
-        finding = f'the 95% interval includes 0: no difference is detectable at this number of seeds'
+        finding = 'the 95% interval includes 0: no difference is detectable at this number of seeds'
     return f'- {name} vs {reference}: {diff:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] ({counts}); {finding}.'
 
 

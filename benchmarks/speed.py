@@ -30,7 +30,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -44,9 +43,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import timm_sae
+import timm_sae  # noqa: F401  (registers the SaE models)
 from timm_sae.fuse import fuse_batchnorm
-from timm_sae.measure import describe, median_ratio, time_interleaved
+from timm_sae.measure import cpu_model, describe, median_ratio, software_versions, time_interleaved
 
 from readme_sections import update_readme_section
 
@@ -265,22 +264,11 @@ def run_mode(pair_name: str, mode: str, compiled: bool, args: argparse.Namespace
     }
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor()
-
-
 def environment(device: str) -> Tuple[dict, dict]:
     """(versions, hardware) for the report."""
-    versions = {
-        'python': platform.python_version(), 'torch': torch.__version__,
-        'timm': timm.__version__, 'timm_sae': timm_sae.__version__,
-    }
+    versions = software_versions()
     hardware = {
-        'cpu': _cpu_model(), 'cpu_cores': os.cpu_count(), 'cpus_usable': len(os.sched_getaffinity(0)),
+        'cpu': cpu_model(), 'cpu_cores': os.cpu_count(), 'cpus_usable': len(os.sched_getaffinity(0)),
         'torch_threads': torch.get_num_threads(), 'load_average_at_start': os.getloadavg(),
     }
     if device.startswith('cuda'):

@@ -5,13 +5,32 @@ with torch's own ``FlopCounterMode`` (multiply-accumulates of convolutions and m
 as timm reports them). Throughput is timed with the models interleaved round by round, so that
 drift of the machine hits every model alike; ratios are medians of per-round ratios.
 """
+import contextlib
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def software_versions() -> Dict[str, str]:
+    """Versions of the software that measurements depend on."""
+    from . import __version__
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
+            'timm_sae': __version__}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def param_count(model: torch.nn.Module) -> int:
