@@ -145,27 +145,46 @@ def test_list_models_is_the_family():
     assert sorted(timm.list_models('sae*')) == sorted(FAMILY)
 
 
-def test_every_model_has_an_untrained_tag():
+def test_tags_are_conversions_of_the_plain_twins_weights():
+    """One tag per weight tag timm has for the plain twin (its default first), else only ``untrained``."""
     tagged = timm.list_models('sae*', include_tags=True)
     assert {name.split('.')[0] for name in tagged} == set(FAMILY)
     for name in FAMILY:
-        assert f'{name}.untrained' in tagged
+        tags = [t.split('.', 1)[1] for t in tagged if t.split('.')[0] == name]
+        twin = name.replace('sae', '', 1)
+        sources = timm.list_pretrained(f'{twin}.*') if timm.is_model(twin) else []
+        if not sources:
+            assert tags == ['untrained'], name
+            continue
+        assert sorted(tags) == sorted(s.replace('.', '_') for s in sources), name
+        assert get_pretrained_cfg(name).tag == get_pretrained_cfg(twin).tag.join((f'{twin}_', '')), name
 
 
 def test_list_pretrained_is_the_tags_with_weights():
-    """Tags whose cfg names a weight source, plus the bare name when the default tag has one."""
+    """Tags whose cfg names a weight source: the conversions, of 15 architectures."""
     tagged = timm.list_models('sae*', include_tags=True)
-    expected = {name for name in tagged + list(FAMILY) if get_pretrained_cfg(name).has_weights}
+    expected = {name for name in tagged if get_pretrained_cfg(name).has_weights}
     assert set(timm.list_pretrained('sae*')) == expected
+    assert len({name.split('.')[0] for name in expected}) == 15 and len(expected) >= 15
 
 
 @per_model
 def test_pretrained_cfg(name: str):
+    """The default tag's cfg: the plain twin's default weights' (data, classes, license) with both papers, or SaE's."""
     cfg = get_pretrained_cfg(name)
     assert cfg.architecture == name
-    assert cfg.paper_ids == 'arXiv:2308.13343'
-    assert cfg.license == 'apache-2.0'
-    assert tuple(cfg.mean) == IMAGENET_DEFAULT_MEAN and tuple(cfg.std) == IMAGENET_DEFAULT_STD
+    twin = name.replace('sae', '', 1)
+    source = get_pretrained_cfg(twin) if timm.is_model(twin) else None
+    if source is not None and source.has_weights:
+        assert cfg.hf_hub_id == source.hf_hub_id == f'timm/{twin}.{source.tag}'
+        assert cfg.paper_ids[0] == 'arXiv:2308.13343' and set(cfg.paper_ids[1:]) == set(
+            [source.paper_ids] if isinstance(source.paper_ids, str) else source.paper_ids or [])
+        for key in ('license', 'num_classes', 'input_size', 'test_input_size', 'crop_pct', 'test_crop_pct',
+                    'interpolation', 'mean', 'std', 'pool_size', 'first_conv', 'classifier'):
+            assert getattr(cfg, key) == getattr(source, key), key
+    else:
+        assert cfg.paper_ids == 'arXiv:2308.13343' and cfg.license == 'apache-2.0' and not cfg.has_weights
+        assert tuple(cfg.mean) == IMAGENET_DEFAULT_MEAN and tuple(cfg.std) == IMAGENET_DEFAULT_STD
     model = _meta(name)
     assert model.pretrained_cfg['architecture'] == name
     first_conv = model.get_submodule(cfg.first_conv)

@@ -17,15 +17,15 @@ from typing import Any, Dict
 
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
 from .blocks import SaEBasicBlock, SaEBottleneck
+from .convert import SAE_PAPER_ID, conversion_cfgs, no_weights_error, pretrained_filter
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = []  # models are reached through timm's registry
 
-SAE_PAPER_ID = 'arXiv:2308.13343'
 # Hub organisation of the published weights: registered tags use full ids '<HUB_ORG>/<arch>.<tag>'.
 HUB_ORG = os.environ.get('TIMM_SAE_HUB_ORG', 'timm-sae')
 
@@ -38,7 +38,14 @@ def _create_saeresnet(
         sae_residual: bool = True,
         **kwargs,
 ) -> ResNet:
-    """Build a timm ``ResNet`` whose blocks use SaE as their attention layer."""
+    """Build a timm ``ResNet`` whose blocks use SaE as their attention layer.
+
+    Plain and SE weights are converted exactly while loading (``timm_sae.convert.pretrained_filter``).
+    """
+    if pretrained:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        if not (cfg.has_weights or cfg.state_dict):
+            raise no_weights_error(variant)
     block_args = dict(kwargs.pop('block_args', None) or {})
     if 'attn_layer' in block_args:
         raise ValueError(
@@ -46,7 +53,8 @@ def _create_saeresnet(
             f'configure it, or a timm resnet for another attention layer')
     block_args['attn_layer'] = partial(
         SqueezeAggregatedExcitation, cardinality=sae_cardinality, rd_ratio=sae_rd_ratio, residual=sae_residual)
-    return build_model_with_cfg(ResNet, variant, pretrained, block_args=block_args, **kwargs)
+    return build_model_with_cfg(
+        ResNet, variant, pretrained, pretrained_filter_fn=pretrained_filter, block_args=block_args, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -65,26 +73,28 @@ def _deep_stem_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(first_conv='conv1.0', **kwargs)
 
 
+# Tags: every weight tag timm has for an architecture's plain twin, converted exactly while loading (see
+# timm_sae.convert), the twin's default tag first; architectures without a plain twin in timm are untrained.
 default_cfgs = generate_default_cfgs({
-    'saeresnet18.untrained': _cfg(),
-    'saeresnet26.untrained': _cfg(),
-    'saeresnet26d.untrained': _deep_stem_cfg(),
-    'saeresnet34.untrained': _cfg(),
-    'saeresnet50.untrained': _cfg(),
-    'saeresnet50d.untrained': _deep_stem_cfg(),
+    **conversion_cfgs('saeresnet18', 'resnet18'),
+    **conversion_cfgs('saeresnet26', 'resnet26'),
+    **conversion_cfgs('saeresnet26d', 'resnet26d'),
+    **conversion_cfgs('saeresnet34', 'resnet34'),
+    **conversion_cfgs('saeresnet50', 'resnet50'),
+    **conversion_cfgs('saeresnet50d', 'resnet50d'),
     'saeresnet50t.untrained': _deep_stem_cfg(),
-    'saeresnet101.untrained': _cfg(),
-    'saeresnet152.untrained': _cfg(),
-    'saeresnet152d.untrained': _deep_stem_cfg(),
-    'saeresnet200d.untrained': _deep_stem_cfg(),
+    **conversion_cfgs('saeresnet101', 'resnet101'),
+    **conversion_cfgs('saeresnet152', 'resnet152'),
+    **conversion_cfgs('saeresnet152d', 'resnet152d'),
+    **conversion_cfgs('saeresnet200d', 'resnet200d'),
     'saeresnet269d.untrained': _deep_stem_cfg(),
-    'saeresnetaa50d.untrained': _deep_stem_cfg(),
+    **conversion_cfgs('saeresnetaa50d', 'resnetaa50d'),
     'saeresnext26d_32x4d.untrained': _deep_stem_cfg(),
     'saeresnext26t_32x4d.untrained': _deep_stem_cfg(),
-    'saeresnext50_32x4d.untrained': _cfg(),
-    'saeresnext101_32x4d.untrained': _cfg(),
-    'saeresnext101_32x8d.untrained': _cfg(),
-    'saeresnext101_64x4d.untrained': _cfg(),
+    **conversion_cfgs('saeresnext50_32x4d', 'resnext50_32x4d'),
+    **conversion_cfgs('saeresnext101_32x4d', 'resnext101_32x4d'),
+    **conversion_cfgs('saeresnext101_32x8d', 'resnext101_32x8d'),
+    **conversion_cfgs('saeresnext101_64x4d', 'resnext101_64x4d'),
     'saeresnext101d_32x8d.untrained': _deep_stem_cfg(),
     'saeresnextaa101d_32x8d.untrained': _deep_stem_cfg(),
     'saeresnextaa201d_32x8d.untrained': _deep_stem_cfg(),
