@@ -1,15 +1,16 @@
-"""Model cards: rendered from results files, figures equal to them, one card folder a published tag."""
+"""Model cards: typed results, rendered through huggingface_hub's card API, figures equal to the results file."""
 import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 import timm
+from huggingface_hub import ModelCard
+from timm.models import get_pretrained_cfg
 
 import timm_sae  # noqa: F401
-from timm_sae import cards, hub
+from timm_sae import cards, convert, hub
 from timm_sae.cli import main
 from timm_sae.sae_resnet import HUB_ORG
 
@@ -44,9 +45,9 @@ def _card_folder(parent: Path, results: dict) -> Path:
 
 
 def _split_card(text: str):
-    """Front matter (parsed) and body of a card."""
-    _, front, body = text.split('---\n', 2)
-    return yaml.safe_load(front), body
+    """Front matter and body of a card, as huggingface_hub's ModelCard parses them."""
+    card = ModelCard(text)
+    return card.data.to_dict(), card.text
 
 
 def _section(body: str, title: str) -> str:
@@ -74,7 +75,7 @@ def test_card_figures_equal_results(tmp_path):
     assert f"({results['params']:,} parameters)" in details and f"GMACs: {results['gmacs']}" in details
     assert 'Image size: 28 x 28, 1 channel' in details and 'Classes: 10' in details
     assert all(f'- {k}: {v}' in details for k, v in results['recipe'].items())
-    assert 'arXiv:2308.13343' in details.replace('https://arxiv.org/abs/2308.13343', 'arXiv:2308.13343')
+    assert 'https://arxiv.org/abs/2308.13343' in details
 
     usage = _section(body, 'Model Usage')
     repo_id = f'{HUB_ORG}/saeresnet18.fmnist'
@@ -93,17 +94,44 @@ def test_card_repo_id_override(tmp_path):
 
 
 @pytest.mark.parametrize('change,pattern', [
-    (dict(metrics=None), 'metrics must be an object'),
-    (dict(metrics={}), 'metrics must map'),
-    (dict(metrics={'top1': '91'}), 'metrics must map'),
-    (dict(params=11.2), 'params must be an integer'),
-    (dict(dataset={'id': 'x'}), 'dataset must be'),
+    (dict(metrics=None), r'metrics must be an object mapping metric names to numbers, e\.g\. .*got None'),
+    (dict(metrics={}), 'metrics must be an object mapping metric names to numbers'),
+    (dict(metrics={'top1': '91'}), r"metrics must be an object mapping metric names .*got \{'top1': '91'\}"),
+    (dict(metrics={'top1': True}), 'metrics must be an object mapping metric names'),
+    (dict(params=11.2), 'params must be an integer, got 11.2'),
+    (dict(params=True), 'params must be an integer, got True'),
+    (dict(gmacs='0.03'), 'gmacs must be a number'),
+    (dict(img_size=[32]), 'img_size must be an integer or a list of 2 integers, got \\[32\\]'),
+    (dict(dataset={'id': 'x'}), r'dataset must be an object with keys id, name, split'),
+    (dict(dataset={'id': 'x', 'name': 'y', 'split': 3}), r'dataset must be an object with keys id, name, split'),
+    (dict(versions={'torch': 2.14}), 'versions must be an object mapping names to strings'),
+    (dict(recipe=[1]), r'recipe must be an object, got \[1\]'),
     (dict(speed=3), r"unknown keys \['speed'\]"),
-    (dict(command=None), 'command must be a string'),
+    (dict(command=None), 'command must be a string, got None'),
+    (dict(license=2), 'license must be a string or null, got 2'),
 ])
 def test_results_schema_errors(change, pattern):
-    with pytest.raises(cards.CardError, match=pattern):
-        cards.check_results(_sample_results(**change))
+    with pytest.raises(cards.CardError, match=pattern) as error:
+        cards.check_results(_sample_results(**change), 'hub_cards/x/results.json')
+    assert str(error.value).startswith('hub_cards/x/results.json: ')  # says which file
+
+
+def test_results_are_typed():
+    """A results file parses into frozen records: nested dataset, [H, W] as a tuple, defaults filled in."""
+    results = cards.check_results(_sample_results(img_size=[28, 32], repo_id=None))
+    assert isinstance(results, cards.Results) and isinstance(results.dataset, cards.Dataset)
+    assert results.dataset.split == 'test' and results.img_size == (28, 32) and results.name == 'saeresnet18.fmnist'
+    assert results.license is None and results.model_args == {} and results.repo_id is None
+    assert results.metrics == {'top1': 91.37, 'top5': 99.81, 'loss': 0.2468}
+    with pytest.raises(AttributeError):
+        results.tag = 'other'  # frozen
+    # the same checks when a record is built in Python
+    with pytest.raises(cards.CardError, match=r"kind must be 'plain' or 'se', got 'SE'"):
+        cards.Source(name='seresnet50.ra2_in1k', kind='SE')
+    with pytest.raises(cards.CardError, match='paper_ids must be arXiv ids'):
+        cards.Source(name='resnet50.a1_in1k', kind='plain', paper_ids=('doi:10.1000/1',))
+    with pytest.raises(cards.CardError, match='gmacs must be a number'):
+        cards.ExportInfo(model='saeresnet18', params=1, gmacs=None, img_size=224)
 
 
 def test_results_missing_key_and_bad_json(tmp_path):
@@ -111,9 +139,147 @@ def test_results_missing_key_and_bad_json(tmp_path):
     del results['hardware']
     with pytest.raises(cards.CardError, match=r"missing keys \['hardware'\]"):
         cards.check_results(results)
+    with pytest.raises(cards.CardError, match='results must be a JSON object, got list'):
+        cards.check_results([results])
     (tmp_path / 'results.json').write_text('{"model": ')
     with pytest.raises(cards.CardError, match='is not JSON'):
         cards.load_results(tmp_path / 'results.json')
+
+
+def test_results_table_of_hub_cards_readme_is_the_schema():
+    """hub_cards/README.md documents every key of cards.Results, and marks exactly the optional ones."""
+    rows = re.findall(r'^\| `(\w+)` \| ([^|]+) \|', (HUB_CARDS / 'README.md').read_text(), re.MULTILINE)
+    documented = {key: 'optional' in kind for key, kind in rows}
+    schema = {
+        f.name: f.default is not cards.dataclasses.MISSING or f.default_factory is not cards.dataclasses.MISSING
+        for f in cards.dataclasses.fields(cards.Results)}
+    assert documented == schema
+
+
+def test_card_round_trips_through_huggingface_hub(tmp_path):
+    """ModelCard reads back the rendered metadata: license, datasets, model-index values equal results.json."""
+    results = _sample_results(license='cc-by-4.0')
+    text = cards.write_card(_card_folder(tmp_path, results)).read_text()
+    card = ModelCard.load(tmp_path / 'saeresnet18.fmnist' / 'README.md')
+    assert str(card) == text  # the render is what huggingface_hub writes back
+    data = card.data
+    assert data.license == 'cc-by-4.0' and data.library_name == 'timm' and data.base_model is None
+    assert data.datasets == ['zalando-datasets/fashion_mnist'] and data.model_name == 'saeresnet18.fmnist'
+    assert [(r.metric_type, r.metric_value, r.dataset_type, r.dataset_split) for r in data.eval_results] == [
+        ('accuracy', 91.37, 'zalando-datasets/fashion_mnist', 'test'),
+        ('top_5_accuracy', 99.81, 'zalando-datasets/fashion_mnist', 'test'),
+        ('loss', 0.2468, 'zalando-datasets/fashion_mnist', 'test')]
+
+
+def test_committed_card_metadata_equals_its_results_file():
+    for folder in sorted(p for p in HUB_CARDS.iterdir() if p.is_dir()):
+        raw = json.loads((folder / 'results.json').read_text())
+        data = ModelCard.load(folder / 'README.md').data
+        assert data.license == raw.get('license', 'apache-2.0') and data.datasets == [raw['dataset']['id']]
+        assert {r.metric_name: r.metric_value for r in data.eval_results} == {
+            cards.METRIC_TYPES[k][1]: v for k, v in raw['metrics'].items()}
+        assert {r.dataset_name for r in data.eval_results} == {raw['dataset']['name']}
+
+
+def _timm_source(name: str, kind: str) -> cards.Source:
+    return cards.Source.from_cfg(name, kind, get_pretrained_cfg(name).to_dict())
+
+
+def _export_info(model='saeresnet50', source=None, **model_args):
+    return dict(model=model, params=25_557_032, gmacs=4.1, img_size=[224, 224], in_chans=3, num_classes=1000,
+                model_args=model_args, source=source)
+
+
+def _papers(details: str):
+    return re.findall(r'https://arxiv\.org/abs/([\d.]+)', details)
+
+
+def test_conversion_card_of_a_plain_source():
+    """resnet50.a1_in1k -> saeresnet50: linked source, base_model, its license and paper, no results claimed."""
+    source = _timm_source('resnet50.a1_in1k', 'plain')
+    assert source == cards.Source(
+        name='resnet50.a1_in1k', kind='plain', hf_hub_id='timm/resnet50.a1_in1k', license='apache-2.0',
+        paper_ids=('arXiv:2110.00476',))
+    text = cards.render_card(_export_info(source=source), name='saeresnet50.a1', folder='exports/saeresnet50.a1')
+    meta, body = _split_card(text)
+    assert meta['base_model'] == 'timm/resnet50.a1_in1k' and meta['license'] == 'apache-2.0'
+    assert 'model-index' not in meta and 'datasets' not in meta
+    assert {'timm', 'timm-sae', 'image-classification'} <= set(meta['tags'])
+    description = body.split('\n## ', 1)[0]
+    link = '[`resnet50.a1_in1k`](https://huggingface.co/timm/resnet50.a1_in1k)'
+    assert f'exact conversion of the plain ResNet weights {link}' in description and 'NOT trained yet' in description
+    assert 'excitation weight 0 and bias 0' in description and 'gate 1 + s = 3/2' in description
+    assert f'--device-modules timm_sae --model hf-hub:{HUB_ORG}/saeresnet50.a1 --pretrained' in description
+    details = _section(body, 'Model Details')
+    assert _papers(details) == ['2308.13343', '2110.00476']
+    assert 'Source weights:** [`resnet50.a1_in1k`]' in details and 'License:** apache-2.0' in details
+    result_text = _section(body, 'Results')
+    assert 'No results recorded' in result_text and '|' not in result_text and 'validate.py' in result_text
+    # the plain gate divides out 1/2 instead
+    _, body = _split_card(cards.render_card(_export_info(source=source, sae_residual=False)))
+    assert 'gate s = 1/2' in body and '3/2' not in body
+
+
+def test_conversion_card_carries_a_non_commercial_license():
+    source = _timm_source('resnet50.fb_swsl_ig1b_ft_in1k', 'plain')
+    meta, body = _split_card(cards.render_card(_export_info(source=source)))
+    assert meta['license'] == 'cc-by-nc-4.0' and meta['base_model'] == 'timm/resnet50.fb_swsl_ig1b_ft_in1k'
+    assert 'License:** cc-by-nc-4.0, the source\'s' in _section(body, 'Model Details')
+
+
+def test_conversion_card_of_an_se_source():
+    """seresnext26d_32x4d.bt_in1k -> saeresnext26d_32x4d needs the plain gate; the card says how SE fills the layer."""
+    source = _timm_source('seresnext26d_32x4d.bt_in1k', 'se')
+    assert source.paper_ids == () and source.license == 'apache-2.0'
+    info = _export_info('saeresnext26d_32x4d', source, sae_residual=False)
+    meta, body = _split_card(cards.render_card(info))
+    assert meta['base_model'] == 'timm/seresnext26d_32x4d.bt_in1k'
+    description = body.split('\n## ', 1)[0]
+    assert 'SE-ResNet weights' in description and "SE's plain gate x * s (`sae_residual=False`)" in description
+    assert 'first r rows of the branch matrix' in description and 'other columns are 0' in description
+    assert _papers(_section(body, 'Model Details')) == ['2308.13343']
+    with pytest.raises(cards.CardError, match='converts exactly only into the plain gate'):
+        cards.render_card(_export_info('saeresnext26d_32x4d', source))
+
+
+def test_conversion_card_of_a_checkpoint_without_license():
+    # as hub.export_conversion gives it: a mapping, the papers a list
+    source = dict(name='resnet18_run3.pth.tar', kind='plain', hf_hub_id=None, license=None, paper_ids=['1512.03385'])
+    meta, body = _split_card(cards.render_card(_export_info('saeresnet18', source)))
+    assert meta['license'] == 'other' and 'base_model' not in meta
+    assert 'conversion of the plain ResNet weights `resnet18_run3.pth.tar`.' in body
+    details = _section(body, 'Model Details')
+    assert 'License:** not recorded for `resnet18_run3.pth.tar`' in details and 'check them before use' in details
+    assert _papers(details) == ['2308.13343', '1512.03385']
+
+
+@pytest.mark.parametrize('source_arch,kwargs', [('resnet18', {}), ('resnet18', dict(sae_residual=False)),
+                                                ('seresnet18', dict(sae_residual=False))])
+def test_conversion_card_states_what_convert_does(source_arch, kwargs):
+    """The card's claims hold for timm_sae.convert: excitation weight and bias 0 (plain source), SE's
+    reduction and expansion in the first rows / columns and the other columns 0 (SE source), same logits."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    source = timm.create_model(source_arch, num_classes=10).eval()
+    for module in source.modules():  # BatchNorm statistics other than the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    sae = timm.create_model('saeresnet18', num_classes=10, **kwargs).eval()
+    sae.load_state_dict(convert.convert_state_dict(source.state_dict(), sae))
+    layer = sae.layer1[0].se
+    if source_arch == 'resnet18':
+        assert not layer.fc_excite.weight.any() and not layer.fc_excite.bias.any()
+    else:
+        se = source.layer1[0].se
+        reduced = se.fc1.weight.shape[0]
+        assert torch.equal(layer.fc_branches.weight[:reduced], se.fc1.weight.flatten(1))
+        assert torch.equal(layer.fc_excite.weight[:, :reduced], se.fc2.weight.flatten(1))
+        assert not layer.fc_excite.weight[:, reduced:].any()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x), source(x), rtol=1e-5, atol=1e-5)
 
 
 def test_card_folder_must_be_named_after_its_results(tmp_path):
@@ -138,13 +304,18 @@ def test_check_cards_on_a_fake_registry(tmp_path):
     assert cards.check_cards(cfgs, tmp_path) == []
 
     assert 'hf_hub_id' in cards.check_cards({name: {'hf_hub_id': f'timm/{name}'}}, tmp_path)[0]
+    # an exact conversion of timm's weights loads them from timm's repository and needs no card folder here
+    conversion = {'saeresnet50.resnet50_a1_in1k': {'hf_hub_id': 'timm/resnet50.a1_in1k'}}
+    assert cards.check_cards({**cfgs, **conversion}, tmp_path) == []
+    mislabelled = {'saeresnet50.a1_in1k': {'hf_hub_id': 'timm/resnet50.a1_in1k'}}
+    assert 'hf_hub_id' in cards.check_cards(mislabelled, tmp_path)[0]
     (folder / 'README.md').write_text((folder / 'README.md').read_text().replace('91.37', '93.0'))
     assert 'not the render' in cards.check_cards(cfgs, tmp_path)[0]
 
 
 def test_registered_tags_have_cards():
     cfgs = cards.registered_cfgs()
-    assert 'saeresnet50.untrained' in cfgs
+    assert 'saeresnet50t.untrained' in cfgs  # timm has no weights of its plain or SE twin
     assert cards.check_cards(cfgs, HUB_CARDS) == []
 
 

@@ -1,46 +1,40 @@
-"""Model cards of the published SaE weights, rendered from results files, never typed by hand.
+"""Model cards of SaE weights, rendered through huggingface_hub's card API from typed records.
 
-Each published tag has a folder ``hub_cards/<arch>.<tag>/`` holding ``results.json`` (written by
-the benchmark that measured the weights) and ``README.md``, its render by ``render_card``
-(``timm-sae card hub_cards/<arch>.<tag>``), which is what ``timm-sae export --card-results``
-puts in the Hub folder. The card shows every figure exactly as the results file has it.
+Each published tag has a folder ``hub_cards/<arch>.<tag>/`` holding ``results.json`` (written by the
+benchmark that measured the weights; its schema is ``Results``) and ``README.md``, its render by
+``render_card`` (``timm-sae card hub_cards/<arch>.<tag>``), which is what ``timm-sae export
+--card-results`` puts in the Hub folder. The card shows every figure exactly as the results file has it.
 
-Results file (JSON object)::
+An export without a results file gets the card of an ``ExportInfo`` (what the model is); with a
+``Source`` that card describes an exact conversion of timm's plain or SE weights (``timm_sae.convert``):
+the source's function, SaE layers untrained, meant to be fine-tuned.
 
-    model       str    architecture, e.g. "saeresnet18"
-    tag         str    weight tag, e.g. "fmnist"; the Hub repository is <HUB_ORG>/<model>.<tag>
-    dataset     dict   {"id": Hub dataset id, "name": display name, "split": evaluated split}
-    metrics     dict   name -> number, e.g. {"top1": 91.5, "top5": 99.8, "loss": 0.24}; top1 / top5 in %
-    params      int    parameter count
-    gmacs       number GMACs of one image at img_size
-    img_size    int or [H, W]  evaluation input size
-    recipe      dict   training recipe: name -> value (epochs, optimizer, lr, batch size, ...)
-    command     str    the command that produced the weights and these figures
-    versions    dict   package -> version (timm, torch, timm_sae, ...)
-    hardware    str    where it ran, e.g. "2-core CPU"
-  optional:
-    repo_id     str    Hub repository, default "<HUB_ORG>/<model>.<tag>"
-    in_chans    int    input channels (default 3)
-    num_classes int    classifier size
-    model_args  dict   entrypoint arguments of the weights (sae_cardinality, ...)
-    license     str    default "apache-2.0"
-    checkpoint  str    the checkpoint the weights were exported from
+The front matter is a ``huggingface_hub.ModelCardData`` (license, datasets, ``base_model``, and the
+``model-index`` from one ``EvalResult`` a metric), and the card is what ``huggingface_hub.ModelCard``
+serialises, so the Hub reads back exactly the metadata rendered here.
 """
+import dataclasses
 import json
 import os
+import re
+import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import (
+    Any, Dict, List, Literal, Mapping, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints)
 
 import timm
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from timm.models import split_model_name_tag
 
+from .convert import conversion_tag
 from .measure import se_twin
 from .sae_resnet import HUB_ORG
 
 __all__ = [
-    'RESULTS_NAME', 'CARD_NAME', 'CardError', 'load_results', 'check_results', 'check_results_match',
-    'render_card', 'write_card', 'registered_cfgs', 'check_cards',
+    'RESULTS_NAME', 'CARD_NAME', 'CardError', 'Dataset', 'Source', 'ExportInfo', 'Results', 'load_results',
+    'check_results', 'check_results_match', 'render_card', 'write_card', 'registered_cfgs', 'check_cards',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -48,21 +42,18 @@ PathLike = Union[str, os.PathLike]
 RESULTS_NAME = 'results.json'
 CARD_NAME = 'README.md'
 
-_NUMBER = (int, float)
-RESULTS_KEYS = {
-    'model': str, 'tag': str, 'dataset': dict, 'metrics': dict, 'params': int, 'gmacs': _NUMBER,
-    'img_size': (int, list), 'recipe': dict, 'command': str, 'versions': dict, 'hardware': str,
-}
-OPTIONAL_KEYS = {
-    'repo_id': str, 'in_chans': int, 'num_classes': int, 'model_args': dict, 'license': str, 'checkpoint': str,
-}
-DATASET_KEYS = ('id', 'name', 'split')
+TAGS = ['image-classification', 'timm', 'timm-sae']
+DEFAULT_LICENSE = 'apache-2.0'
+# license of a conversion whose source records none (the Hub's id for "see the card")
+UNKNOWN_LICENSE = 'other'
 # metric name -> (model-index metric type, display name)
 METRIC_TYPES = {
     'top1': ('accuracy', 'Top-1 accuracy'),
     'top5': ('top_5_accuracy', 'Top-5 accuracy'),
     'loss': ('loss', 'Loss'),
 }
+METRICS_KIND = 'an object mapping metric names to numbers, e.g. {"top1": 91.5}'
+ARXIV_ID = re.compile(r'(?:arxiv:)?(\d{4}\.\d{4,5}(?:v\d+)?)', re.IGNORECASE)
 
 PAPER = 'Squeeze aggregated excitation network: https://arxiv.org/abs/2308.13343'
 CITATION = '''\
@@ -83,9 +74,8 @@ TIMM_CITATION = '''\
   howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}
 }'''
 
+# the card below the front matter
 TEMPLATE = Template('''\
----
-${front_matter}---
 # Model card for ${name}
 
 ${description}
@@ -171,38 +161,249 @@ ${timm_citation}
 
 
 class CardError(ValueError):
-    """A results file or card folder that does not hold to the schema; the message says what to fix."""
+    """A results file, card record or card folder that does not hold to the schema; the message says what to fix."""
 
 
-def check_results(results: Any, source: str = 'results') -> Dict[str, Any]:
-    """``results`` if it holds to the results file schema (module docstring), else ``CardError``."""
-    if not isinstance(results, dict):
-        raise CardError(f'{source} must be a JSON object, got {type(results).__name__}')
-    missing = [k for k in RESULTS_KEYS if k not in results]
-    unknown = sorted(k for k in results if k not in RESULTS_KEYS and k not in OPTIONAL_KEYS)
-    if missing or unknown:
-        raise CardError(
-            f'{source}: missing keys {missing}, unknown keys {unknown}; the schema is in timm_sae/cards.py')
-    for key, value in results.items():
-        kind = RESULTS_KEYS.get(key) or OPTIONAL_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise CardError(f'{source}: {key} must be {_kind_name(kind)}, got {value!r}')
-    if sorted(results['dataset']) != sorted(DATASET_KEYS) or not all(
-            isinstance(v, str) for v in results['dataset'].values()):
-        raise CardError(f'{source}: dataset must be {{"id": ..., "name": ..., "split": ...}} (strings)')
-    if not results['metrics'] or not all(
-            isinstance(v, _NUMBER) and not isinstance(v, bool) for v in results['metrics'].values()):
-        raise CardError(f'{source}: metrics must map metric names to numbers, e.g. {{"top1": 91.5}}')
-    return results
+class _Mismatch(Exception):
+    """A value that does not fit a type hint (turned into a ``CardError`` naming the key)."""
 
 
-def _kind_name(kind: Any) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return ' or '.join({int: 'an integer', float: 'a number', str: 'a string', dict: 'an object',
-                        list: 'a list'}[k] for k in kinds)
+def _conform(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` says (JSON lists -> tuples, objects -> records), else ``_Mismatch``.
+
+    Numbers (``float``) take ints and floats as they are, so a figure keeps the form the results file gives it;
+    ``bool`` is never an integer or a number.
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, dict):
+            try:
+                return hint(**value)
+            except (TypeError, CardError):
+                pass
+    elif origin in (Union, types.UnionType):
+        for arg in args:
+            try:
+                return _conform(value, arg)
+            except _Mismatch:
+                pass
+    elif origin is Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _conform(v, args[1]) for k, v in value.items()}
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            hints = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+            if len(hints) == len(value):
+                return tuple(_conform(v, h) for v, h in zip(value, hints))
+    elif hint is type(None):
+        if value is None:
+            return value
+    elif not isinstance(value, bool) and isinstance(value, (int, float) if hint is float else hint):
+        return value
+    raise _Mismatch
 
 
-def load_results(path: PathLike) -> Dict[str, Any]:
+_PLURAL = {str: 'strings', int: 'integers', float: 'numbers'}
+
+
+def _kind(hint: Any) -> str:
+    """What a value of type ``hint`` is, in the words of an error message."""
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        names = [f.name for f in dataclasses.fields(hint)]
+        return f'an object with keys {", ".join(names)} (timm_sae.cards.{hint.__name__})'
+    if origin in (Union, types.UnionType):
+        return ' or '.join(_kind(a) for a in args)
+    if origin is Literal:
+        return ' or '.join(repr(a) for a in args)
+    if origin is dict:
+        return 'an object' if args[1] is Any else f'an object mapping names to {_PLURAL[args[1]]}'
+    if origin is tuple:
+        count = 'any number of' if args[-1] is Ellipsis else str(len(args))
+        return f'a list of {count} {_PLURAL[args[0]]}'
+    return {str: 'a string', int: 'an integer', float: 'a number', type(None): 'null'}[hint]
+
+
+R = TypeVar('R', bound='_Record')
+
+
+class _Record:
+    """A frozen dataclass whose fields are checked against their type hints (and normalised) when it is made."""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                object.__setattr__(self, f.name, _conform(value, hints[f.name]))
+            except _Mismatch:
+                raise CardError(
+                    f"{f.name} must be {f.metadata.get('kind') or _kind(hints[f.name])}, got {value!r}") from None
+
+    @classmethod
+    def parse(cls: Type[R], data: Any, where: str) -> R:
+        """The record of a JSON object; ``CardError`` naming ``where`` and the key for anything off the schema."""
+        if not isinstance(data, dict):
+            raise CardError(f'{where} must be a JSON object, got {type(data).__name__}')
+        fields = dataclasses.fields(cls)
+        names = [f.name for f in fields]
+        missing = [
+            f.name for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data]
+        unknown = sorted(k for k in data if k not in names)
+        if missing or unknown:
+            raise CardError(
+                f'{where}: missing keys {missing}, unknown keys {unknown}; '
+                f'the schema is timm_sae.cards.{cls.__name__}')
+        try:
+            return cls(**data)
+        except CardError as e:
+            raise CardError(f'{where}: {e}') from None
+
+
+@dataclass(frozen=True)
+class Dataset(_Record):
+    """The data set of the metrics: Hub dataset ``id``, display ``name``, evaluated ``split``."""
+    id: str
+    name: str
+    split: str
+
+
+@dataclass(frozen=True)
+class Source(_Record):
+    """The weights an export is an exact conversion of (``timm_sae.convert``).
+
+    Attributes:
+        name: timm ``arch.tag`` (e.g. ``resnet50.a1_in1k``) or the checkpoint file's name.
+        kind: ``'plain'`` (a ResNet: either gate) or ``'se'`` (an SE-ResNet: the plain gate, ``sae_residual=False``).
+        hf_hub_id: the source's Hub repository: linked, and the card's ``base_model``.
+        license: the source's license, carried over to the conversion; ``None`` if unknown.
+        paper_ids: arXiv ids of the source weights' papers (``2110.00476`` or ``arXiv:2110.00476``).
+    """
+    name: str
+    kind: Literal['plain', 'se']
+    hf_hub_id: Optional[str] = None
+    license: Optional[str] = None
+    paper_ids: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [p for p in self.paper_ids if not ARXIV_ID.fullmatch(p)]
+        if bad:
+            raise CardError(f'paper_ids must be arXiv ids such as 2110.00476 or arXiv:2110.00476, got {bad}')
+
+    @classmethod
+    def from_cfg(cls, name: str, kind: str, cfg: Mapping[str, Any]) -> 'Source':
+        """The source ``name`` with the Hub id, license and papers of its timm pretrained cfg (a dict)."""
+        papers = cfg.get('paper_ids') or ()
+        return cls(
+            name=name, kind=kind, hf_hub_id=cfg.get('hf_hub_id'), license=cfg.get('license'),
+            paper_ids=(papers,) if isinstance(papers, str) else tuple(papers))
+
+    @property
+    def link(self) -> str:
+        """The name in markdown, linked to its Hub repository when it has one."""
+        return f'[`{self.name}`](https://huggingface.co/{self.hf_hub_id})' if self.hf_hub_id else f'`{self.name}`'
+
+    @property
+    def paper_urls(self) -> List[str]:
+        return [f'https://arxiv.org/abs/{ARXIV_ID.fullmatch(p).group(1)}' for p in self.paper_ids]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ModelStats(_Record):
+    """What the card says about the model: architecture, size, input, entrypoint arguments."""
+    model: str
+    params: int
+    gmacs: float
+    img_size: Union[int, Tuple[int, int]]
+    in_chans: int = 3
+    num_classes: Optional[int] = None
+    model_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportInfo(_ModelStats):
+    """An export without a results file: the model's stats, and the ``source`` if it is an exact conversion.
+
+    ``license`` is the weights' license if known (e.g. inherited from the weights they were fine-tuned from),
+    default apache-2.0; a conversion has its source's (``Source.license``).
+    """
+    source: Optional[Source] = None
+    license: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source is not None and self.license is not None:
+            raise CardError(
+                f'a conversion has the license of its source: give it as Source.license, not {self.license!r}')
+        if self.source is not None and self.source.kind == 'se' and self.model_args.get('sae_residual', True):
+            raise CardError(
+                f'{self.source.name} is an SE source: it converts exactly only into the plain gate, so the '
+                f'model_args must hold sae_residual=False, not {self.model_args}')
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results(_ModelStats):
+    """A results file (``hub_cards/<model>.<tag>/results.json``): the measured weights and how they were measured.
+
+    Attributes:
+        model: architecture, e.g. ``saeresnet18``.
+        tag: weight tag, e.g. ``fmnist``; the Hub repository is ``<HUB_ORG>/<model>.<tag>``.
+        dataset: where the metrics were measured.
+        metrics: metric name -> number, e.g. ``{"top1": 91.5, "top5": 99.8, "loss": 0.24}``; top1 / top5 in %.
+        params: parameter count (must equal the exported model's).
+        gmacs: GMACs of one image at ``img_size``.
+        img_size: evaluation input size, an integer or ``[H, W]``.
+        recipe: training recipe, name -> value (epochs, optimizer, lr, batch size, ...).
+        command: the command that produced the weights and these figures.
+        versions: package -> version (timm, torch, timm_sae, ...).
+        hardware: where it ran, e.g. ``2-core CPU``.
+        repo_id: Hub repository, default ``<HUB_ORG>/<model>.<tag>``.
+        in_chans: input channels.
+        num_classes: classifier size.
+        model_args: entrypoint arguments of the weights (``sae_cardinality``, ...); checked against the export.
+        license: the weights' license, default apache-2.0.
+        checkpoint: the checkpoint the weights were exported from (shown in the export command).
+    """
+    tag: str
+    dataset: Dataset
+    metrics: Dict[str, float] = field(metadata={'kind': METRICS_KIND})
+    recipe: Dict[str, Any]
+    command: str
+    versions: Dict[str, str]
+    hardware: str
+    repo_id: Optional[str] = None
+    license: Optional[str] = None
+    checkpoint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.metrics:
+            raise CardError(f'metrics must be {METRICS_KIND}, got {{}}')
+
+    @property
+    def name(self) -> str:
+        """The weights' name, ``<model>.<tag>``: the card folder and the Hub repository name."""
+        return f'{self.model}.{self.tag}'
+
+
+CardInfo = Union[Results, ExportInfo]
+
+
+def check_results(results: Any, where: str = 'results') -> Results:
+    """The ``Results`` of a parsed results file, or ``CardError`` naming ``where`` and what to fix."""
+    return Results.parse(results, where)
+
+
+def load_results(path: PathLike) -> Results:
     """Read and check a results file."""
     path = Path(path)
     try:
@@ -215,24 +416,22 @@ def load_results(path: PathLike) -> Dict[str, Any]:
 
 
 def check_results_match(
-        results: Mapping[str, Any],
+        results: Results,
         arch: str,
         params: int,
         model_args: Optional[Mapping[str, Any]] = None,
 ) -> None:
     """Raise ``CardError`` unless ``results`` describe ``arch`` with ``params`` parameters (and ``model_args``)."""
-    if results['model'] != arch or results['params'] != params:
+    if results.model != arch or results.params != params:
         raise CardError(
-            f"the results describe {results['model']} with {results['params']:,} parameters, the weights are "
-            f"{arch} with {params:,}; give the results file of these weights")
-    differ = {
-        k: v for k, v in results.get('model_args', {}).items()
-        if k in (model_args or {}) and model_args[k] != v}
+            f'the results describe {results.model} with {results.params:,} parameters, the weights are '
+            f'{arch} with {params:,}; give the results file of these weights')
+    differ = {k: v for k, v in results.model_args.items() if k in (model_args or {}) and model_args[k] != v}
     if differ:
         raise CardError(f'the results have model_args {differ}, the weights {dict(model_args)}')
 
 
-def _size(img_size: Union[int, List[int]]) -> str:
+def _size(img_size: Union[int, Tuple[int, int]]) -> str:
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     return f'{h} x {w}'
 
@@ -241,113 +440,173 @@ def _bullets(items: Mapping[str, Any], indent: str = '  ') -> str:
     return '\n'.join(f'{indent}- {k}: {v}' for k, v in items.items())
 
 
-def _front_matter(info: Mapping[str, Any], name: str) -> str:
-    meta: Dict[str, Any] = {
-        'tags': ['image-classification', 'timm', 'timm-sae'],
-        'library_name': 'timm',
-        'pipeline_tag': 'image-classification',
-        'license': info.get('license', 'apache-2.0'),
-    }
-    if 'dataset' in info:
-        dataset = info['dataset']
-        meta['datasets'] = [dataset['id']]
-        meta['model-index'] = [{'name': name, 'results': [{
-            'task': {'type': 'image-classification', 'name': 'Image Classification'},
-            'dataset': {'name': dataset['name'], 'type': dataset['id'], 'split': dataset['split']},
-            'metrics': [
-                {'type': METRIC_TYPES.get(k, (k, k))[0], 'value': v, 'name': METRIC_TYPES.get(k, (k, k))[1]}
-                for k, v in info['metrics'].items()],
-        }]}]
-    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+def _metric(name: str) -> Tuple[str, str]:
+    """(model-index metric type, display name) of a results file's metric."""
+    return METRIC_TYPES.get(name, (name, name))
 
 
-def _details(info: Mapping[str, Any]) -> str:
-    arch, in_chans = info['model'], info.get('in_chans', 3)
+def _license(info: CardInfo) -> str:
+    if isinstance(info, Results) or info.source is None:
+        return info.license or DEFAULT_LICENSE
+    return info.source.license or UNKNOWN_LICENSE
+
+
+def _card_data(info: CardInfo, name: str) -> ModelCardData:
+    """The front matter: license, base model, and for results the data set and model-index."""
+    meta: Dict[str, Any] = dict(
+        library_name='timm', license=_license(info), pipeline_tag='image-classification', tags=list(TAGS))
+    if isinstance(info, ExportInfo) and info.source is not None:
+        meta['base_model'] = info.source.hf_hub_id
+    if isinstance(info, Results):
+        dataset = info.dataset
+        meta.update(datasets=[dataset.id], model_name=name, eval_results=[
+            EvalResult(
+                task_type='image-classification', task_name='Image Classification', dataset_type=dataset.id,
+                dataset_name=dataset.name, dataset_split=dataset.split, metric_type=_metric(k)[0], metric_value=v,
+                metric_name=_metric(k)[1])
+            for k, v in info.metrics.items()])
+    return ModelCardData(**meta)
+
+
+def _gate(info: ExportInfo) -> Tuple[str, str]:
+    """(gate formula, its constant value at s = 1/2) of the export's SaE layers."""
+    return ('1 + s', '3/2') if info.model_args.get('sae_residual', True) else ('s', '1/2')
+
+
+def _description(info: CardInfo, repo_id: str) -> str:
+    if isinstance(info, Results):
+        return (f'A Squeeze aggregated Excitation (SaE) {info.model} image classification model, '
+                f'trained on {info.dataset.name}.')
+    if info.source is None:
+        return f'A Squeeze aggregated Excitation (SaE) {info.model} image classification model.'
+    source = info.source
+    if source.kind == 'plain':
+        formula, value = _gate(info)
+        how = (
+            f'Each SaE layer has excitation weight 0 and bias 0, so s = sigmoid(0) = 1/2 for every input and the '
+            f'gate {formula} = {value} is a constant, divided out of the weight and bias of the BatchNorm before '
+            'the SaE layer.')
+    else:
+        how = (
+            "The SaE layers use SE's plain gate x * s (`sae_residual=False`). SE's reduction (C -> r) fills the first "
+            "r rows of the branch matrix and SE's expansion (r -> C) the matching first r columns of the excitation, "
+            "whose other columns are 0, so each SaE layer computes its SE layer's gate; the other branch rows keep "
+            'their initialisation and act once fine-tuning moves their excitation columns off 0.')
+    return (
+        f'A Squeeze aggregated Excitation (SaE) {info.model} image classification model: an exact conversion of '
+        f"the {'SE-ResNet' if source.kind == 'se' else 'plain ResNet'} weights {source.link}.\n\n"
+        f'Its SaE layers are NOT trained yet: the model computes the function of `{source.name}` (exactly, up to '
+        f'floating-point rounding). {how} '
+        "The weights are meant to be fine-tuned, e.g. with timm's train.py:\n\n"
+        f'```bash\npython train.py /path/to/dataset --device-modules timm_sae --model hf-hub:{repo_id} --pretrained\n'
+        '```')
+
+
+def _details(info: CardInfo) -> str:
+    in_chans = info.in_chans
     lines = [
         '- **Model Type:** Image classification / feature backbone',
-        f'- **Architecture:** `{arch}`, the SaE twin of timm\'s `{se_twin(arch)}`',
+        f'- **Architecture:** `{info.model}`, the SaE twin of timm\'s `{se_twin(info.model)}`',
     ]
-    if info.get('model_args'):
-        lines += ['- **Model arguments:**', _bullets(info['model_args'])]
+    if info.model_args:
+        lines += ['- **Model arguments:**', _bullets(info.model_args)]
     lines += [
         '- **Model Stats:**',
-        f"  - Params (M): {info['params'] / 1e6:.2f} ({info['params']:,} parameters)",
-        f"  - GMACs: {info['gmacs']}",
-        f"  - Image size: {_size(info['img_size'])}, {in_chans} channel{'s' if in_chans != 1 else ''}",
+        f'  - Params (M): {info.params / 1e6:.2f} ({info.params:,} parameters)',
+        f'  - GMACs: {info.gmacs}',
+        f"  - Image size: {_size(info.img_size)}, {in_chans} channel{'s' if in_chans != 1 else ''}",
     ]
-    if 'num_classes' in info:
-        lines.append(f"  - Classes: {info['num_classes']}")
+    if info.num_classes is not None:
+        lines.append(f'  - Classes: {info.num_classes}')
+    source = info.source if isinstance(info, ExportInfo) else None
+    if source is not None:
+        lines.append(f'- **Source weights:** {source.link}, converted exactly; the SaE layers are untrained')
+        lines.append(
+            f'- **License:** {source.license}, the source\'s: it carries over to these weights derived from it'
+            if source.license else
+            f'- **License:** not recorded for `{source.name}` (front matter: {UNKNOWN_LICENSE}); these weights are '
+            'derived from it and carry its terms: check them before use')
     lines += ['- **Papers:**', f'  - {PAPER}']
-    if 'dataset' in info:
-        lines.append(f"- **Dataset:** {info['dataset']['name']} (`{info['dataset']['id']}`)")
-    if 'recipe' in info:
-        lines += ['- **Training recipe:**', _bullets(info['recipe'])]
+    if source is not None:
+        lines += [f'  - `{source.name}`: {url}' for url in source.paper_urls]
+    if isinstance(info, Results):
+        lines += [
+            f'- **Dataset:** {info.dataset.name} (`{info.dataset.id}`)',
+            '- **Training recipe:**', _bullets(info.recipe)]
     lines.append('- **Library:** timm-sae on timm: https://github.com/huggingface/pytorch-image-models')
     return '\n'.join(lines)
 
 
-def _results(info: Mapping[str, Any], repo_id: str) -> str:
-    if 'metrics' not in info:
+def _results(info: CardInfo, repo_id: str) -> str:
+    validate = f'`python -m timm_sae.run validate.py --model hf-hub:{repo_id} ...`'
+    measure = 'write a results file (schema: `timm_sae.cards.Results`) and export again with `--card-results`.'
+    if isinstance(info, ExportInfo) and info.source is not None:
+        return (
+            f'No results recorded for these weights: before fine-tuning they compute the function of '
+            f'`{info.source.name}` and score what it scores. After fine-tuning, '
+            f"measure the fine-tuned weights with timm's validate.py ({validate}) next to `{info.source.name}` "
+            f'under the same protocol, {measure}')
+    if isinstance(info, ExportInfo):
         return (
             'No results recorded for these weights yet. Measure them (timm\'s validate.py runs with the SaE models '
-            f'registered as `python -m timm_sae.run validate.py --model hf-hub:{repo_id} ...`), write a results '
-            'file (schema in `timm_sae/cards.py`) and export again with `--card-results`.')
-    dataset = info['dataset']
-    versions = ', '.join(f'{k} {v}' for k, v in info['versions'].items())
-    rows = '\n'.join(
-        f'| {METRIC_TYPES.get(k, (k, k))[1]} | {v} |' for k, v in info['metrics'].items())
+            f'registered as {validate}), {measure}')
+    versions = ', '.join(f'{k} {v}' for k, v in info.versions.items())
+    rows = '\n'.join(f'| {_metric(k)[1]} | {v} |' for k, v in info.metrics.items())
     return (
-        f"Measured on {dataset['name']} (`{dataset['id']}`, {dataset['split']} split) at "
-        f"{_size(info['img_size'])}, on {info['hardware']} with {versions}:\n\n"
+        f'Measured on {info.dataset.name} (`{info.dataset.id}`, {info.dataset.split} split) at '
+        f'{_size(info.img_size)}, on {info.hardware} with {versions}:\n\n'
         f'| metric | value |\n|---|---:|\n{rows}\n\n'
-        f"Command:\n```bash\n{info['command']}\n```")
+        f'Command:\n```bash\n{info.command}\n```')
 
 
-def render_card(info: Mapping[str, Any], name: Optional[str] = None, folder: Optional[str] = None) -> str:
-    """The model card (README.md) of a results file.
+def render_card(
+        info: Union[CardInfo, Mapping[str, Any]],
+        name: Optional[str] = None,
+        folder: Optional[str] = None,
+) -> str:
+    """The model card (README.md) of a results file or an export, as ``huggingface_hub.ModelCard`` writes it.
 
-    ``info`` is a results file, or for an export without one only ``model``, ``params``, ``gmacs``,
-    ``img_size`` and any optional keys. ``name`` (the repository name) defaults to ``<model>.<tag>``,
-    ``folder`` (the export folder in the push command) to ``exports/<name>``.
+    ``info`` is ``Results`` or ``ExportInfo``, or a mapping of either's keys (a mapping with ``tag`` is a
+    results file). ``name`` (the repository name) defaults to ``<model>.<tag>`` for results and ``<model>``
+    for an export, ``folder`` (the export folder in the push command) to ``exports/<name>``.
     """
-    name = name or f"{info['model']}.{info['tag']}"
-    repo_id = info.get('repo_id', f'{HUB_ORG}/{name}')
+    if isinstance(info, Mapping):
+        info = Results.parse(dict(info), 'results') if 'tag' in info else ExportInfo.parse(dict(info), 'export info')
+    results = info if isinstance(info, Results) else None
+    name = name or (results.name if results else info.model)
+    repo_id = (results and results.repo_id) or f'{HUB_ORG}/{name}'
     folder = folder or f'exports/{name}'
     publish = f'timm-sae push {folder} --repo-id {repo_id}'
     publish_intro = 'The weights go to the Hub with'
-    if 'tag' in info:
+    if results:
         publish = (
-            f"timm-sae export {info.get('checkpoint', 'CHECKPOINT')} {folder} "
-            f"--card-results hub_cards/{name}/{RESULTS_NAME}\n{publish}")
+            f"timm-sae export {results.checkpoint or 'CHECKPOINT'} {folder} "
+            f'--card-results hub_cards/{name}/{RESULTS_NAME}\n{publish}')
         publish_intro = (
             f'This card is rendered by `timm-sae card hub_cards/{name}` from its results file; '
             f'the weights go to the Hub with')
-    description = (
-        f"A Squeeze aggregated Excitation (SaE) {info['model']} image classification model"
-        + (f", trained on {info['dataset']['name']}." if 'dataset' in info else '.'))
-    return TEMPLATE.substitute(
-        front_matter=_front_matter(info, name),
+    body = TEMPLATE.substitute(
         name=name,
-        description=description,
+        description=_description(info, repo_id),
         details=_details(info),
-        pil_mode='L' if info.get('in_chans', 3) == 1 else 'RGB',
+        pil_mode='L' if info.in_chans == 1 else 'RGB',
         model_id=f'hf-hub:{repo_id}',
-        topk=min(5, info.get('num_classes', 5)),
+        topk=min(5, info.num_classes or 5),
         results=_results(info, repo_id),
         publish_intro=publish_intro,
         publish=publish,
         citation=CITATION,
         timm_citation=TIMM_CITATION,
     )
+    return str(ModelCard(f'---\n{_card_data(info, name).to_yaml()}\n---\n{body}'))
 
 
 def write_card(folder: PathLike) -> Path:
     """Render ``folder/results.json`` into ``folder/README.md``; the folder must be named ``<model>.<tag>``."""
     folder = Path(folder)
     results = load_results(folder / RESULTS_NAME)
-    name = f"{results['model']}.{results['tag']}"
-    if folder.name != name:
-        raise CardError(f'{folder} holds the results of {name}; name the folder {name}')
+    if folder.name != results.name:
+        raise CardError(f'{folder} holds the results of {results.name}; name the folder {results.name}')
     path = folder / CARD_NAME
     path.write_text(render_card(results), encoding='utf-8')
     return path
@@ -360,16 +619,23 @@ def registered_cfgs() -> Dict[str, Dict[str, Any]]:
         for name in timm.list_models(module='sae_resnet', include_tags=True)}
 
 
+def _is_conversion(name: str, cfg: Mapping[str, Any]) -> bool:
+    """Whether the tag loads timm's own weights of another architecture, converted while loading."""
+    source = (cfg.get('hf_hub_id') or '').partition('timm/')[2]
+    return bool(source) and split_model_name_tag(name)[1] == conversion_tag(source)
+
+
 def check_cards(cfgs: Mapping[str, Mapping[str, Any]], cards_dir: PathLike) -> List[str]:
     """Problems with the cards of the tags in ``cfgs`` (``registered_cfgs()``) and the folders in ``cards_dir``.
 
-    Every tag but ``untrained`` needs ``hf_hub_id`` ``<HUB_ORG>/<arch>.<tag>`` and a card folder; every
-    card folder a valid results file, the right name and a README.md equal to a fresh render.
+    Every tag but ``untrained`` and the exact conversions of timm's weights (``timm_sae.convert``, whose
+    ``hf_hub_id`` is the source's ``timm/<arch>.<tag>``) needs ``hf_hub_id`` ``<HUB_ORG>/<arch>.<tag>`` and a
+    card folder; every card folder a valid results file, the right name and a README.md equal to a fresh render.
     """
     cards_dir = Path(cards_dir)
     problems = []
     for name, cfg in sorted(cfgs.items()):
-        if name.endswith('.untrained'):
+        if name.endswith('.untrained') or _is_conversion(name, cfg):
             continue
         if cfg.get('hf_hub_id') != f'{HUB_ORG}/{name}':
             problems.append(f"{name}: hf_hub_id is {cfg.get('hf_hub_id')!r}, expected '{HUB_ORG}/{name}'")
@@ -382,10 +648,9 @@ def check_cards(cfgs: Mapping[str, Mapping[str, Any]], cards_dir: PathLike) -> L
         except CardError as e:
             problems.append(str(e))
             continue
-        name = f"{results['model']}.{results['tag']}"
         card = folder / CARD_NAME
-        if folder.name != name:
-            problems.append(f'{folder} holds the results of {name}; name the folder {name}')
+        if folder.name != results.name:
+            problems.append(f'{folder} holds the results of {results.name}; name the folder {results.name}')
         elif not card.is_file() or card.read_text(encoding='utf-8') != render_card(results):
             problems.append(f'{card} is not the render of its results file; run timm-sae card {folder}')
     return problems
