@@ -9,7 +9,7 @@ from . import __version__
 from .cards import CardError, write_card
 from .demo import run_demo
 from .family import family_table
-from .hub import HubError, export_checkpoint, push_folder
+from .hub import HubError, export_checkpoint, export_conversion, push_folder
 from .run import ScriptNotFoundError, run_script
 
 
@@ -25,6 +25,14 @@ def _export(args: argparse.Namespace) -> int:
         in_chans=args.in_chans, model_kwargs=args.model_kwargs, label_names=args.label_names,
         results=args.card_results, overwrite=args.overwrite)
     print(f'exported {args.checkpoint} to {folder}')
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    folder = export_conversion(
+        args.source, args.output_dir, source_model=args.model, use_ema=args.ema, model_kwargs=args.model_kwargs,
+        overwrite=args.overwrite)
+    print(f'converted {args.source} to {folder} (exact: the SaE layers are untrained until fine-tuned)')
     return 0
 
 
@@ -47,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     result = run_demo(args.model, img_size=args.img_size, batch_size=args.batch_size, rounds=args.rounds)
-    return 0 if result['identical'] else 1
+    return 0 if result['ok'] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = commands.add_parser(
+        'convert', help='timm ResNet / SE-ResNet weights -> exact SaE conversion, as a Hub folder',
+        description='Convert timm plain ResNet weights (into either gate) or SE-ResNet weights (into the plain gate, '
+                    'sae_residual=False) exactly into the SaE twin: the result computes the source\'s function, its '
+                    'SaE layers untrained until fine-tuned. Writes the folder timm-sae export writes.')
+    p.add_argument('source', help='timm name with tag (resnet50.a1_in1k, seresnext26d_32x4d.bt_in1k), hf-hub:ORG/NAME, '
+                                  'or a checkpoint of a timm ResNet (.pth.tar, .pth, .safetensors)')
+    p.add_argument('output_dir', help='folder to create')
+    p.add_argument('--model', help="architecture of a checkpoint source, e.g. resnet50 (default: the checkpoint's)")
+    p.add_argument('--ema', action='store_true', help="convert a checkpoint's EMA weights")
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
+                   help='SaE arguments, e.g. sae_cardinality=8 (an SE source gets sae_residual=False)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    p.set_defaults(func=_convert)
+
+    p = commands.add_parser(
         'push', help='upload an exported folder to the Hugging Face Hub',
         description='Upload a folder made by timm-sae export. The token is --token, else HF_TOKEN, else the '
                     'saved login (hf auth login). A README already on the Hub is kept unless --update-card.')
@@ -101,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('args', nargs=argparse.REMAINDER, help="the script's arguments")
     p.set_defaults(func=_run)
 
-    p = commands.add_parser('demo', help='offline tour: family, Hub export and reload, speed vs SE twin')
+    p = commands.add_parser('demo', help='offline tour: family, Hub export and reload, warm start, speed vs SE twin')
     p.add_argument('--model', default='saeresnet50', help='model (default saeresnet50)')
     p.add_argument('--img-size', type=int, default=224, help='input size (default 224)')
     p.add_argument('--batch-size', type=int, default=4, help='batch size for timing (default 4)')

@@ -35,7 +35,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import huggingface_hub
 import safetensors
@@ -47,16 +47,19 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from timm.data.model_config import resolve_input_data_config
 from timm.models import clean_state_dict, get_pretrained_cfg, save_for_hf, split_model_name_tag
+from timm.models.resnet import ResNet
 
 from . import cards
 from .cards import CARD_NAME
 from .measure import describe, param_count
+from .convert import SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, source_kind
 from .sae_resnet import _create_saeresnet
 
 __all__ = [
     'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'HubError', 'CheckpointError', 'PushError', 'Checkpoint',
     'read_checkpoint', 'model_from_checkpoint', 'check_state_dict', 'sae_model_args', 'save_export',
-    'export_checkpoint', 'read_label_names', 'push_folder', 'layout_hub_cache', 'offline_hub_cache',
+    'portable_model_args',
+    'export_checkpoint', 'export_conversion', 'read_label_names', 'push_folder', 'layout_hub_cache', 'offline_hub_cache',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -67,6 +70,8 @@ EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 
 # train.py arguments that describe the preprocessing the weights were trained with
 _DATA_ARGS = ('input_size', 'img_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
+# pretrained cfg fields that describe particular weights rather than the architecture and its preprocessing
+_DESCRIPTIVE_CFG_KEYS = ('tag', 'description', 'notes', 'license', 'paper_ids', 'paper_name', 'origin_url')
 
 
 class HubError(Exception):
@@ -263,7 +268,9 @@ def save_export(
         model_args: Optional[Mapping[str, Any]] = None,
         data_config: Optional[Mapping[str, Any]] = None,
         label_names: Optional[Sequence[str]] = None,
-        results: Optional[Mapping[str, Any]] = None,
+        results: Optional[cards.Results] = None,
+        source: Optional[cards.Source] = None,
+        license: Optional[str] = None,
         overwrite: bool = False,
 ) -> Path:
     """Write ``model`` as a Hub folder: ``model.safetensors``, ``config.json`` (``save_for_hf``), ``README.md``.
@@ -271,6 +278,11 @@ def save_export(
     The folder is written next to ``output_dir`` under a temporary name and renamed into place, so
     a failure leaves nothing behind. An existing ``output_dir`` is replaced only with ``overwrite``.
     ``results`` (a results file, see ``timm_sae.cards``) go into the card and must describe ``model``.
+    ``source`` marks an exact conversion (``export_conversion``): its provenance goes into the card, and the
+    model's pretrained cfg (``timm_sae.convert.converted_cfg``) describes the weights. Otherwise the
+    description, license and papers of the registry tag the model was built with are not these weights' and
+    are replaced: the SaE paper, and ``license`` (default: the results', else apache-2.0).
+    ``config.json``'s ``model_args`` keep only what rebuilding needs (``portable_model_args``).
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
@@ -279,29 +291,39 @@ def save_export(
     if results is not None:
         cards.check_results_match(results, arch, params, sae_model_args(model_args))
         card = cards.render_card(results)  # the card hub_cards/<arch>.<tag>/README.md holds
+        license = results.license or license
     else:
-        card = cards.render_card(dict(
-            model=arch, params=params, img_size=list(input_size[1:]),
+        info = cards.ExportInfo(
+            model=arch, params=params, img_size=tuple(input_size[1:]),
             gmacs=round(describe(  # on the meta device: no compute
                 arch, input_size, **{**(model_args or {}), 'num_classes': model.num_classes,
                                      'in_chans': input_size[0]})['gmacs'], 3),
             in_chans=input_size[0], num_classes=model.num_classes, model_args=sae_model_args(model_args),
-        ), name=output_dir.name, folder=output_dir.name if output_dir.is_absolute() else str(output_dir))
+            source=source, license=None if source else license)
+        card = cards.render_card(info, name=output_dir.name,
+                                 folder=output_dir.name if output_dir.is_absolute() else str(output_dir))
 
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f'.{output_dir.name}.', suffix='.tmp', dir=output_dir.parent))
     except OSError as e:
         raise CheckpointError(f'cannot create {output_dir}: {e.strerror}') from e
-    source_cfg = model.pretrained_cfg
-    # the source cfg's tag (e.g. 'untrained') describes other weights than these
-    model.pretrained_cfg = {k: v for k, v in source_cfg.items() if k != 'tag'}
+    registry_cfg = model.pretrained_cfg
+    # the registry tag (e.g. 'resnet50_a1_in1k') describes other weights than these
+    if source is not None:
+        model.pretrained_cfg = {k: v for k, v in registry_cfg.items() if k != 'tag'}
+    else:
+        model.pretrained_cfg = {k: v for k, v in registry_cfg.items() if k not in _DESCRIPTIVE_CFG_KEYS}
+        model.pretrained_cfg.update(paper_ids=SAE_PAPER_ID, license=license or 'apache-2.0')
     if results is not None:
-        model.pretrained_cfg['tag'] = results['tag']
+        model.pretrained_cfg['tag'] = results.tag
     try:
         save_for_hf(
             model, tmp, model_config=dict(label_names=list(label_names)) if label_names else None,
             model_args=sae_model_args(model_args), data_config=dict(data_config or {}), safe_serialization=True)
+        config = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
+        config['model_args'] = portable_model_args(config.get('model_args', {}))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding='utf-8')
         (tmp / CARD_NAME).write_text(card, encoding='utf-8')
         os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would keep others from reading the export
         _replace_dir(tmp, output_dir, overwrite)
@@ -311,8 +333,21 @@ def save_export(
             raise CheckpointError(f'cannot write the export to {output_dir}: {_first_line(e)}') from e
         raise
     finally:
-        model.pretrained_cfg = source_cfg
+        model.pretrained_cfg = registry_cfg
     return output_dir
+
+
+def portable_model_args(model_args: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``model_args`` of an export's config.json that rebuilding the model needs.
+
+    ``num_classes`` goes (config.json has its own, which timm reads; transformers' timm wrapper passes
+    ``num_classes`` itself and fails on a second one), and so does every argument equal to timm ``ResNet``'s
+    default (``in_chans=3``, ``global_pool='avg'``); the ``sae_*`` arguments always stay.
+    """
+    defaults = {name: p.default for name, p in inspect.signature(ResNet).parameters.items()}
+    return {
+        k: v for k, v in model_args.items()
+        if k.startswith('sae_') or (k != 'num_classes' and not (k in defaults and defaults[k] == v))}
 
 
 def _check_target(output_dir: Path, overwrite: bool) -> None:
@@ -375,9 +410,111 @@ def export_checkpoint(
     model = model_from_checkpoint(ckpt, model_name, num_classes, in_chans, model_kwargs)
     names = read_label_names(label_names, model.num_classes) if label_names else None
     results = cards.load_results(results) if results else None
-    data_config = {k: ckpt.args[k] for k in _DATA_ARGS if ckpt.args.get(k) not in (None, '')}
     model_args = {**(ckpt.args.get('model_kwargs') or {}), **(model_kwargs or {})}
-    return save_export(model, output_dir, model_args, data_config, names, results, overwrite)
+    return save_export(
+        model, output_dir, model_args, _data_config(ckpt), names, results, license=_inherited_license(ckpt),
+        overwrite=overwrite)
+
+
+def _data_config(checkpoint: Checkpoint) -> Dict[str, Any]:
+    """The preprocessing a train.py checkpoint was trained with, in train.py's argument names."""
+    return {k: checkpoint.args[k] for k in _DATA_ARGS if checkpoint.args.get(k) not in (None, '')}
+
+
+def _inherited_license(checkpoint: Checkpoint) -> Optional[str]:
+    """The license of the weights train.py started from (``--pretrained``), which fine-tuned weights keep."""
+    args = checkpoint.args
+    if not args.get('pretrained') or args.get('pretrained_path') or not args.get('model'):
+        return None
+    cfg = get_pretrained_cfg(args['model'])
+    return cfg.license if cfg is not None and cfg.has_weights else None
+
+
+def export_conversion(
+        source: str,
+        output_dir: PathLike,
+        source_model: Optional[str] = None,
+        use_ema: bool = False,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        overwrite: bool = False,
+) -> Path:
+    """Export the exact SaE conversion of plain or SE ResNet weights (``timm_sae.convert``) as a Hub folder.
+
+    Args:
+        source: a timm name with tag (``resnet50.a1_in1k``, ``seresnext26d_32x4d.bt_in1k``; loaded with
+            ``timm.create_model(source, pretrained=True)``, so from the Hub or its cache), ``hf-hub:ORG/NAME``, or a
+            checkpoint file (train.py checkpoint, state dict, ``.safetensors``) of a timm plain or SE ResNet.
+        output_dir: folder to create.
+        source_model: architecture of a checkpoint source (default: the checkpoint's ``arch`` / ``args.model``).
+        use_ema: convert a checkpoint's EMA weights.
+        model_kwargs: SaE arguments (``sae_cardinality``, ``sae_rd_ratio``, ``sae_residual``); an SE source
+            defaults to ``sae_residual=False``, the only exact gate for it.
+        overwrite: replace an existing ``output_dir``.
+
+    The SaE model is built through timm's own pretrained loading (the path of the registered conversion tags),
+    with the source's classes, input channels, preprocessing and license, and its SaE branches initialised from
+    seed 0, so that a conversion is reproducible.
+    """
+    output_dir = Path(output_dir)
+    _check_target(output_dir, overwrite)
+    state_dict, source_cfg, name = _conversion_source(source, source_model, use_ema)
+    arch, kind = source_cfg['architecture'], source_kind(state_dict)
+    target = sae_twin(arch)
+    if kind == 'sae' or target is None:
+        raise CheckpointError(
+            f'{name} holds SaE weights already; export them with timm-sae export' if kind == 'sae' else
+            f'{arch} has no SaE twin in timm-sae; convert one of timm\'s ResNets of the family (timm-sae list)')
+    sae_kwargs = {**({'sae_residual': False} if kind == 'se' else {}), **(model_kwargs or {})}
+    cfg = converted_cfg(source_cfg, name)
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model(
+            target, pretrained=True, pretrained_cfg=cfg, pretrained_cfg_overlay=dict(state_dict=state_dict),
+            num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
+    except (ConversionError, TypeError) as e:
+        raise CheckpointError(f'{name} -> {target}: {_first_line(e)}') from e
+    return save_export(
+        model.eval(), output_dir, sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg), overwrite=overwrite)
+
+
+def _conversion_source(
+        source: str, source_model: Optional[str], use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+    """(state dict, pretrained cfg, display name) of a conversion source (see ``export_conversion``)."""
+    path = Path(source)
+    if path.is_file() or path.suffix in ('.pth', '.tar', '.bin', '.safetensors', '.pt'):
+        ckpt = read_checkpoint(path, use_ema=use_ema)
+        arch = source_model or ckpt.args.get('model') or ckpt.arch
+        if not arch:
+            raise CheckpointError(f'{path} does not name its architecture; give it with --model (e.g. resnet50)')
+        arch = split_model_name_tag(arch)[0]
+        if not timm.is_model(arch):
+            raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
+        cfg = {k: v for k, v in get_pretrained_cfg(arch).to_dict().items()
+               if k not in _DESCRIPTIVE_CFG_KEYS + ('hf_hub_id', 'url')}
+        cfg.update(architecture=arch, **_data_config(ckpt))
+        weights = ckpt.state_dict
+        classifier, first_conv = weights.get(f"{cfg['classifier']}.weight"), weights.get(f"{cfg['first_conv']}.weight")
+        cfg['num_classes'] = 0 if classifier is None else classifier.shape[0]
+        in_chans = cfg['input_size'][0] if first_conv is None else first_conv.shape[1]
+        cfg['input_size'] = (in_chans, *cfg['input_size'][1:])
+        return weights, cfg, path.name
+    if source_model:
+        raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
+    model_name = source.split(':', 1)[1].split('/')[-1] if source.startswith('hf-hub:') else source
+    if not source.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(split_model_name_tag(model_name)[0]):
+        raise CheckpointError(
+            f'{source} is neither a file nor a timm model; give a checkpoint or a timm name with tag such as '
+            f'resnet50.a1_in1k (timm.list_pretrained(\'resnet50.*\') lists them)')
+    try:
+        model = timm.create_model(source, pretrained=True)
+    except Exception as e:  # Hub, cache and network failures, whichever client raised them
+        raise CheckpointError(
+            f'cannot load {source} ({type(e).__name__}: {_first_line(e)}); timm reads it from the Hugging Face Hub '
+            f'or its cache: check the network, HF_HUB_OFFLINE and HF_HUB_CACHE') from e
+    cfg = dict(model.pretrained_cfg)
+    if source.startswith(('hf-hub:', 'local-dir:')) or not cfg.get('tag'):
+        return model.state_dict(), cfg, source
+    return model.state_dict(), cfg, f"{cfg['architecture']}.{cfg['tag']}"
 
 
 def push_folder(

@@ -1,0 +1,326 @@
+"""Exact warm starts: timm's plain and SE ResNet weights converted to SaE (timm_sae.convert), the registered
+conversion tags through timm's own Hub loading, and ``timm-sae convert``.
+
+Exactness is checked in fp32 on sources whose BatchNorm affine parameters and running statistics are random
+(timm zero-initialises each block's last BN weight, which would make every SaE input 0 and the check empty):
+max |converted logits - source logits| / max |source logits| <= 1e-5.
+"""
+import json
+import logging
+from typing import Iterator
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg
+from torch import nn
+
+import timm_sae  # noqa: F401
+from timm_sae import convert, hub
+from timm_sae.cli import main
+from timm_sae.demo import EXACT_RTOL
+from timm_sae.measure import param_count
+
+SIZE = 64
+PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every registered conversion tag
+    (name.split('.')[0], convert.plain_twin(name.split('.')[0])) for name in timm.list_pretrained('sae*')})
+SE_PAIRS = sorted(  # (SaE architecture, timm SE twin) where timm has SE weights
+    (name, convert.se_source(name)) for name in timm.list_models('sae*')
+    if convert.se_source(name) and timm.list_pretrained(f'{convert.se_source(name)}.*'))
+SMALL = ('saeresnet18', 'saeresnet26', 'saeresnet26d', 'saeresnext26d_32x4d', 'saeresnext26t_32x4d')
+
+
+def _by_size(pairs):
+    """pytest params, the large models (over 50M parameters) marked slow."""
+    return [pytest.param(*pair, id=pair[0], marks=() if pair[0] in SMALL or _params_m(pair[1]) < 50 else
+                         pytest.mark.slow) for pair in pairs]
+
+
+def _params_m(name: str) -> float:
+    return param_count(timm.create_model(name, device='meta')) / 1e6
+
+
+@pytest.fixture(autouse=True, scope='module')
+def single_thread() -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _randomise_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Random BN weights, biases and running statistics (not timm's identity / zero init), in eval mode.
+
+    The norms that timm zero-initialises (each block's last, which feeds SE / SaE) get weights in [0.1, 0.3]
+    rather than [0.5, 1.5]: the residual stream of a 100-block network then stays well conditioned, as a
+    trained one is, instead of growing so fast that fp32 rounding, not the conversion, decides the logits.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                low, width = (0.1, 0.2) if not m.weight.any() else (0.5, 1.)
+                m.weight.copy_(torch.rand(n, generator=g) * width + low)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model.eval()
+
+
+def _source(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise_batchnorm(timm.create_model(name, **kwargs))
+
+
+def _relative_error(model: nn.Module, reference: nn.Module, in_chans: int = 3) -> float:
+    x = torch.randn(2, in_chans, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, actual = reference.eval()(x), model.eval()(x)
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def _converted(source: nn.Module, name: str, **kwargs) -> nn.Module:
+    model = timm.create_model(name, **kwargs)
+    model.load_state_dict(convert.convert_state_dict(source.state_dict(), model))
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the conversion itself
+
+
+def test_every_conversion_tag_has_a_pair():
+    assert len(PLAIN_PAIRS) == 15 and all(source for _, source in PLAIN_PAIRS)
+    assert len(SE_PAIRS) >= 10
+
+
+@pytest.mark.parametrize('name,source', _by_size(PLAIN_PAIRS))
+def test_plain_to_residual_gate_is_exact(name, source):
+    reference = _source(source)
+    model = _converted(reference, name)
+    assert _relative_error(model, reference) <= EXACT_RTOL
+    for block in model.modules():
+        if isinstance(block, timm_sae.SqueezeAggregatedExcitation):
+            assert not block.fc_excite.weight.any() and not block.fc_excite.bias.any()
+            assert block.fc_branches.weight.std() > 0  # the branches keep the model's own initialisation
+
+
+@pytest.mark.parametrize('name,source', _by_size(SE_PAIRS))
+def test_se_to_plain_gate_is_exact(name, source):
+    reference = _source(source)
+    model = _converted(reference, name, sae_residual=False)
+    assert _relative_error(model, reference) <= EXACT_RTOL
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(sae_residual=False), dict(sae_cardinality=1, sae_rd_ratio=1 / 16), dict(sae_cardinality=8),
+], ids=['plain-gate', 'k1', 'k8'])
+def test_plain_source_into_other_sae_arguments(kwargs):
+    reference = _source('resnet26d')
+    assert _relative_error(_converted(reference, 'saeresnet26d', **kwargs), reference) <= EXACT_RTOL
+
+
+def test_every_se_twin_fits_the_default_branches():
+    """SE's reduction (C/16) fits SaE's k*d = C/8 in every block of every SE twin (checked on the meta device)."""
+    for name in timm.list_models('sae*'):
+        source = convert.se_source(name)
+        if source:
+            model = timm.create_model(name, sae_residual=False, device='meta')
+            converted = convert.convert_state_dict(timm.create_model(source, device='meta').state_dict(), model)
+            assert converted.keys() == model.state_dict().keys(), name
+
+
+def test_sae_weights_pass_through():
+    model = timm.create_model('saeresnet18')
+    state_dict = model.state_dict()
+    assert all(v is state_dict[k] for k, v in convert.convert_state_dict(state_dict, model).items())
+
+
+@pytest.mark.parametrize('source,target,kwargs,pattern', [
+    ('resnet34', 'saeresnet50', {}, r'missing.*saeresnet50 converts from timm\'s resnet50 \(plain, either gate\) '
+                                    r'or timm\'s seresnet50 \(SE, with sae_residual=False\)'),
+    ('seresnet50', 'saeresnet50', {}, 'converts exactly only into the plain gate.*sae_residual=False'),
+    ('seresnet50', 'saeresnet50', dict(sae_residual=False, sae_cardinality=1, sae_rd_ratio=1 / 64),
+     'SE reduces to 16 channels, the SaE branches have 8.*raise sae_cardinality or sae_rd_ratio'),
+    ('resnet18', 'saeresnet18', dict(num_classes=10), r'mis-shaped \(fc\.bias \(1000,\) vs \(10,\)'),
+])
+def test_sources_that_do_not_fit(source, target, kwargs, pattern):
+    weights = timm.create_model(source, device='meta').state_dict()
+    with pytest.raises(convert.ConversionError, match=pattern):
+        convert.convert_state_dict(weights, timm.create_model(target, device='meta', **kwargs))
+
+
+def test_incomplete_se_weights_and_non_sae_models():
+    weights = timm.create_model('seresnet18', device='meta').state_dict()
+    del weights['layer2.1.se.fc2.bias']
+    model = timm.create_model('saeresnet18', sae_residual=False, device='meta')
+    with pytest.raises(convert.ConversionError, match=r'lack layer2\.1\.se\.fc2\.bias'):
+        convert.convert_state_dict(weights, model)
+    with pytest.raises(convert.ConversionError, match='has no SaE blocks'):
+        convert.convert_state_dict(weights, timm.create_model('resnet18', device='meta'))
+
+
+def test_one_step_moves_the_sae_layers():
+    """Fine-tuning starts at once: the excitation gets gradients at step 1, the branches from step 2 on."""
+    model = _converted(_source('resnet18'), 'saeresnet18', num_classes=1000).train()
+    sae = model.layer3[1].se
+    excite, branches = sae.fc_excite.weight.detach().clone(), sae.fc_branches.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(4, 3, SIZE, SIZE, generator=g), torch.randint(0, 1000, (4,), generator=g)
+    for step in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if step == 0:
+            assert not torch.equal(sae.fc_excite.weight, excite)
+            assert torch.equal(sae.fc_branches.weight, branches)  # their gradient goes through W_e = 0
+    assert not torch.equal(sae.fc_branches.weight, branches)
+
+
+# ---------------------------------------------------------------------------------------------------
+# registered tags: timm's cfgs, and timm's own Hub loading from a cache laid out like timm's repositories
+
+
+@pytest.mark.parametrize('name', timm.list_pretrained('sae*'))
+def test_tag_carries_the_source_cfg(name):
+    arch, tag = name.split('.')
+    source = convert.plain_twin(arch)
+    assert tag.startswith(f'{source}_')
+    source_cfg = get_pretrained_cfg(f'{source}.{tag[len(source) + 1:]}')
+    cfg = get_pretrained_cfg(name)
+    assert cfg.hf_hub_id == source_cfg.hf_hub_id == f'timm/{source_cfg.architecture}.{source_cfg.tag}'
+    assert not cfg.url and not cfg.file
+    for key in ('input_size', 'test_input_size', 'crop_pct', 'test_crop_pct', 'crop_mode', 'interpolation',
+                'mean', 'std', 'num_classes', 'pool_size', 'license', 'label_names', 'first_conv', 'classifier'):
+        assert getattr(cfg, key) == getattr(source_cfg, key), key
+    source_papers = source_cfg.paper_ids
+    assert cfg.paper_ids == ('arXiv:2308.13343', *([source_papers] if source_papers else []))
+    assert source_cfg.tag in cfg.description and 'untrained' in cfg.description
+
+
+def test_non_commercial_licenses_carry_over():
+    assert get_pretrained_cfg('saeresnext101_32x8d.resnext101_32x8d_fb_wsl_ig1b_ft_in1k').license == 'cc-by-nc-4.0'
+    assert get_pretrained_cfg('saeresnet50.resnet50_tv_in1k').license == 'bsd-3-clause'
+
+
+@pytest.fixture(scope='module')
+def timm_hub(tmp_path_factory):
+    """A Hub cache holding seeded stand-ins for timm/resnet18.a1_in1k and timm/resnet26d.bt_in1k."""
+    root = tmp_path_factory.mktemp('timm-hub')
+    sources = {}
+    for repo, arch in (('timm/resnet18.a1_in1k', 'resnet18'), ('timm/resnet26d.bt_in1k', 'resnet26d')):
+        sources[arch] = _source(arch)
+        folder = root / arch
+        folder.mkdir()
+        save_file(sources[arch].state_dict(), folder / hub.WEIGHTS_NAME)
+        hub.layout_hub_cache(folder, root / 'hub', repo)
+    return root / 'hub', sources
+
+
+@pytest.mark.parametrize('name,source', [('saeresnet18', 'resnet18'), ('saeresnet26d.resnet26d_bt_in1k', 'resnet26d')])
+def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
+    cache, sources = timm_hub
+    with hub.offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+        model = timm.create_model(name, pretrained=True)
+    assert _relative_error(model, sources[source]) <= EXACT_RTOL
+    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
+    assert 'exact conversion of plain ResNet weights' in line and f'timm/{source}.' in line and 'untrained' in line
+
+
+def test_pretrained_with_num_classes_in_chans_and_features(timm_hub):
+    cache, sources = timm_hub
+    reference = sources['resnet18']
+    with hub.offline_hub_cache(cache):
+        model = timm.create_model('saeresnet18', pretrained=True, num_classes=7)
+        gray = timm.create_model('saeresnet18', pretrained=True, in_chans=1)
+        features = timm.create_model('saeresnet18', pretrained=True, features_only=True).eval()
+        plain_gate = timm.create_model('saeresnet18', pretrained=True, sae_residual=False)
+    assert model.get_classifier().out_features == 7
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert_features = reference.forward_features(x)
+        torch.testing.assert_close(model.eval().forward_features(x), assert_features, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features(x)[-1], assert_features, rtol=1e-5, atol=1e-5)
+    # timm adapts the stem to one channel the same way for the source
+    reference_gray = timm.create_model('resnet18', in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(
+        state_dict=reference.state_dict()))
+    assert _relative_error(gray, reference_gray.eval(), in_chans=1) <= EXACT_RTOL
+    assert _relative_error(plain_gate, reference) <= EXACT_RTOL
+
+
+def test_pretrained_without_weights_says_what_exists():
+    with pytest.raises(RuntimeError, match=r"seresnext26d_32x4d\.bt_in1k.*sae_residual=False"):
+        timm.create_model('saeresnext26d_32x4d', pretrained=True)
+    with pytest.raises(RuntimeError, match='nor of an SE twin; use pretrained=False'):
+        timm.create_model('saeresnet50t', pretrained=True)
+
+
+def test_se_weights_through_the_overlay(tmp_path):
+    """The message's suggestion works: an SE source loaded through timm with sae_residual=False."""
+    reference = _source('seresnext26t_32x4d')
+    save_file(reference.state_dict(), tmp_path / 'se.safetensors')
+    model = timm.create_model('saeresnext26t_32x4d', pretrained=True, sae_residual=False,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'se.safetensors')))
+    assert _relative_error(model, reference) <= EXACT_RTOL
+    with pytest.raises(convert.ConversionError, match='plain gate'):
+        timm.create_model('saeresnext26t_32x4d', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / 'se.safetensors')))
+
+
+# ---------------------------------------------------------------------------------------------------
+# timm-sae convert
+
+
+def test_cli_converts_a_timm_name(timm_hub, tmp_path, monkeypatch):
+    cache, sources = timm_hub
+    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+    assert main(['convert', 'resnet18.a1_in1k', str(tmp_path / 'out')]) == 0
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['architecture'] == 'saeresnet18' and config['model_args']['sae_residual'] is True
+    cfg = config['pretrained_cfg']
+    assert cfg['license'] == 'apache-2.0' and cfg['paper_ids'] == ['arXiv:2308.13343', 'arXiv:2110.00476']
+    assert cfg['crop_pct'] == 0.95 and 'resnet18.a1_in1k' in cfg['description']
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'base_model: timm/resnet18.a1_in1k' in card and 'not trained yet' in card.replace('NOT', 'not')
+    loaded = timm.create_model('local-dir:' + str(tmp_path / 'out'), pretrained=True)
+    assert _relative_error(loaded, sources['resnet18']) <= EXACT_RTOL
+
+
+def test_cli_converts_an_se_checkpoint(tmp_path, capsys):
+    reference = _source('seresnext26d_32x4d', num_classes=5)
+    torch.save({'arch': 'seresnext26d_32x4d', 'state_dict': reference.state_dict(), 'epoch': 1,
+                'args': {'model': 'seresnext26d_32x4d', 'num_classes': 5}}, tmp_path / 'last.pth.tar')
+    assert main(['convert', str(tmp_path / 'last.pth.tar'), str(tmp_path / 'out')]) == 0
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['architecture'] == 'saeresnext26d_32x4d' and config['num_classes'] == 5
+    assert config['model_args']['sae_residual'] is False
+    loaded = timm.create_model('local-dir:' + str(tmp_path / 'out'), pretrained=True)
+    assert _relative_error(loaded, reference) <= EXACT_RTOL
+
+    # a state dict without its architecture needs --model; the residual gate is refused for SE
+    torch.save(reference.state_dict(), tmp_path / 'plain.pth')
+    assert main(['convert', str(tmp_path / 'plain.pth'), str(tmp_path / 'out2')]) == 1
+    assert 'give it with --model' in capsys.readouterr().err
+    assert main(['convert', str(tmp_path / 'plain.pth'), str(tmp_path / 'out2'), '--model', 'seresnext26d_32x4d',
+                 '--model-kwargs', 'sae_residual=True']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('timm-sae convert: error:') and 'plain gate' in err and err.count('\n') == 1
+    assert not (tmp_path / 'out2').exists()
+
+
+@pytest.mark.parametrize('source,pattern', [
+    ('resnet99.nothing', 'neither a file nor a timm model'),
+    ('missing.pth', 'no such file'),
+    ('convnext_tiny', 'cannot load convnext_tiny'),
+])
+def test_cli_convert_errors(source, pattern, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
+    assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
+                 str(tmp_path / 'out')]) == 1
+    assert pattern in capsys.readouterr().err and not (tmp_path / 'out').exists()
