@@ -7,8 +7,6 @@ max |converted logits - source logits| / max |source logits| <= 1e-5.
 """
 import json
 import logging
-from typing import Iterator
-
 import pytest
 import timm
 import torch
@@ -18,10 +16,13 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 import timm_sae  # noqa: F401
+from conftest import randomise_batchnorm
 from timm_sae import convert, hub
 from timm_sae.cli import main
 from timm_sae.demo import EXACT_RTOL
 from timm_sae.measure import param_count
+
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 SIZE = 64
 PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every registered conversion tag
@@ -42,37 +43,9 @@ def _params_m(name: str) -> float:
     return param_count(timm.create_model(name, device='meta')) / 1e6
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-def _randomise_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Random BN weights, biases and running statistics (not timm's identity / zero init), in eval mode.
-
-    The norms that timm zero-initialises (each block's last, which feeds SE / SaE) get weights in [0.1, 0.3]
-    rather than [0.5, 1.5]: the residual stream of a 100-block network then stays well conditioned, as a
-    trained one is, instead of growing so fast that fp32 rounding, not the conversion, decides the logits.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                low, width = (0.1, 0.2) if not m.weight.any() else (0.5, 1.)
-                m.weight.copy_(torch.rand(n, generator=g) * width + low)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model.eval()
-
-
 def _source(name: str, seed: int = 0, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomise_batchnorm(timm.create_model(name, **kwargs))
+    return randomise_batchnorm(timm.create_model(name, **kwargs), seed=1)
 
 
 def _relative_error(model: nn.Module, reference: nn.Module, in_chans: int = 3) -> float:

@@ -23,7 +23,6 @@ magnitude, 20 times more, and over 100 times less than what zeroing the SaE exci
 import copy
 import io
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 import onnxruntime
@@ -32,10 +31,12 @@ import timm
 import torch
 from timm.utils.onnx import onnx_export
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.testing import assert_close
 
 from timm_sae import SqueezeAggregatedExcitation, fuse_batchnorm
+from conftest import randomise_batchnorm
+
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 SIZE = 64  # input height and width: every stage keeps at least a 2x2 map
 NUM_CLASSES = 10
@@ -45,28 +46,10 @@ ORT_RELATIVE_TOLERANCE = 1e-5  # of the largest logit magnitude, see the module 
 FOLDED = 'saeresnext26t_32x4d-bn-folded'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: 64 px inputs gain nothing from more on a busy 2-core machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _model_with_random_bn(name: str) -> nn.Module:
     """An eval model with seeded weights whose BatchNorms have non-trivial statistics and affine parameters."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=NUM_CLASSES)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _BatchNorm):
-                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
-                module.running_var.uniform_(0.5, 2., generator=generator)
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.uniform_(-0.2, 0.2, generator=generator)
-    return model.eval()
+    return randomise_batchnorm(timm.create_model(name, num_classes=NUM_CLASSES))
 
 
 @pytest.fixture(scope='module', params=['saeresnet18', 'saeresnext26t_32x4d', FOLDED])

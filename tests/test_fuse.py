@@ -7,6 +7,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import timm_sae  # noqa: F401  registers the SaE models
 from timm_sae.fuse import fuse_batchnorm
+from conftest import randomise_batchnorm
 
 MODELS = ['saeresnet18', 'saeresnet50d', 'saeresnext26t_32x4d', 'seresnet18']
 
@@ -14,14 +15,7 @@ MODELS = ['saeresnet18', 'saeresnet50d', 'saeresnext26t_32x4d', 'seresnet18']
 def _model_with_random_bn(name: str, **kwargs) -> nn.Module:
     """An eval model whose BatchNorms have non-trivial statistics and affine parameters."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, **kwargs)
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.)
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.2, 0.2)
-    return model.eval()
+    return randomise_batchnorm(timm.create_model(name, num_classes=10, **kwargs))
 
 
 def _bn_names(model: nn.Module) -> list:
