@@ -68,7 +68,7 @@ def test_round_trip_through_hub_cache(name, sae_args, tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == name and config['num_classes'] == 5
     # only what rebuilding needs: transformers' timm wrapper passes num_classes itself
-    assert config['model_args'] == hub.sae_model_args(sae_args)
+    assert config['model_args'] == dict(hub.sae_model_args(sae_args), in_chans=3)
     cfg = config['pretrained_cfg']
     assert {'input_size', 'crop_pct', 'interpolation', 'mean', 'std'} <= cfg.keys() and 'tag' not in cfg
 

@@ -3,7 +3,7 @@ image-classification pipeline, after ``import timm_sae``; and timm's own ``hf-hu
 
 transformers builds the model with ``timm.create_model(architecture, num_classes=..., **model_args)``: the
 export's ``model_args`` must not hold ``num_classes`` (it would be given twice), and must hold ``in_chans``
-where it is not 3 (transformers does not read it from the pretrained cfg).
+(transformers does not read it from the pretrained cfg).
 """
 import json
 
@@ -45,7 +45,7 @@ def export(request, tmp_path_factory):
 def test_config_keeps_only_what_rebuilding_needs(export):
     _, folder, sae_args, in_chans = export
     config = json.loads((folder / 'config.json').read_text())
-    expected = dict(hub.sae_model_args(sae_args), **({} if in_chans == 3 else {'in_chans': in_chans}))
+    expected = dict(hub.sae_model_args(sae_args), in_chans=in_chans)
     assert config['model_args'] == expected and config['num_classes'] == len(LABELS)
 
 

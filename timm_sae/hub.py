@@ -341,13 +341,16 @@ def portable_model_args(model_args: Mapping[str, Any]) -> Dict[str, Any]:
     """The ``model_args`` of an export's config.json that rebuilding the model needs.
 
     ``num_classes`` goes (config.json has its own, which timm reads; transformers' timm wrapper passes
-    ``num_classes`` itself and fails on a second one), and so does every argument equal to timm ``ResNet``'s
-    default (``in_chans=3``, ``global_pool='avg'``); the ``sae_*`` arguments always stay.
+    ``num_classes`` itself and fails on a second one), and so does every other argument equal to timm
+    ``ResNet``'s default (``global_pool='avg'``). The ``sae_*`` arguments stay, and ``in_chans`` always does:
+    transformers does not read it from the pretrained cfg, and timm 1.0.31's ``hf-hub:`` loading turns the
+    cfg's JSON lists back into tuples only when ``model_args`` has it (a list ``input_size`` breaks
+    benchmark.py and onnx_export.py).
     """
     defaults = {name: p.default for name, p in inspect.signature(ResNet).parameters.items()}
     return {
         k: v for k, v in model_args.items()
-        if k.startswith('sae_') or (k != 'num_classes' and not (k in defaults and defaults[k] == v))}
+        if k.startswith('sae_') or k == 'in_chans' or (k != 'num_classes' and not defaults.get(k, object()) == v)}
 
 
 def _check_target(output_dir: Path, overwrite: bool) -> None:
