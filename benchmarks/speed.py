@@ -5,20 +5,28 @@ or ``torch.compile``) the group's models are timed in turn within each round (A 
 after a warm-up, and each model's throughput ratio to a reference is the median over rounds of
 ``t_reference / t_model`` (quartiles of the per-round ratios are kept as the spread).
 
+Compiled modes compile the models one after the other before the interleaved rounds, each with a
+fresh Inductor cache (so that no model reuses kernels that another compiled, and no run reuses an
+earlier run's): a model is called until a call compiles nothing, and its compile time is the wall
+time of the calls that compiled, less as many steady-state steps. Compilations are counted
+(TorchDynamo frames and Inductor graphs) during warm-up and timed rounds too: ``late_compiles``
+must be 0, else the row is flagged.
+
 Peak memory is measured per model with only that model alive, for building it and its batch and
 running warm-up + one step: on the CPU the peak RSS (VmHWM, reset first) of a fresh subprocess
 above its RSS before, with glibc's mmap threshold fixed so that freed blocks leave the RSS; on a GPU
-``torch.cuda.max_memory_allocated`` above the memory allocated before. Eager modes only (a
-compiled model would be compiled again).
+``torch.cuda.max_memory_allocated`` above the memory allocated before. Compiled modes: on a GPU the
+same, measured in the run (the first call after compilation); none on the CPU (a subprocess would
+compile again).
 
 The training step is forward + backward + SGD step (momentum 0.9) on cross-entropy with random
 labels. fp32 on the CPU, bf16 autocast on a GPU (``--precision`` overrides).
 
 Usage (from the repository root)::
 
-    python benchmarks/speed.py --device cpu --batch-size 16 --train-batch-size 8 --rounds 11
-    python benchmarks/speed.py --device cuda --batch-size 256 --modes infer-cl train-cl --compile resnet50
-    python benchmarks/speed.py --quick --out /tmp/speed.json         # tiny settings, for tests
+    python benchmarks/speed.py --device cpu --batch-size 16 --train-batch-size 8 --compile resnet50 resnext50
+    python benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 --modes infer-cl train-cl --compile
+    python benchmarks/speed.py --quick --compile --compile-backend aot_eager --out /tmp/speed.json  # tiny, for tests
     python benchmarks/speed.py --table-only benchmarks/results/speed_cpu.json
 
 Writes ``benchmarks/results/speed_<device>.json`` (settings, versions, hardware, the exact command,
@@ -42,6 +50,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import timm
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters as dynamo_counters
+from torch._inductor import utils as inductor_utils
 
 import timm_sae  # noqa: F401  (registers the SaE models)
 from timm_sae.fuse import fuse_batchnorm
@@ -52,6 +62,14 @@ from readme_sections import update_readme_section
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MIB = 2 ** 20
 TRAIN_STEP = 'forward + backward + SGD step (momentum 0.9), cross-entropy on random labels'
+COMPILE_BACKENDS = ('inductor', 'aot_eager')  # aot_eager: traced, no code generated (fast to compile, for tests)
+MAX_COMPILE_CALLS = 4
+COMPILE_METHOD = (
+    'torch.compile(model, backend={backend!r}) in its default mode (the optimizer step is not compiled); '
+    'the models are compiled one after the other, each with a fresh Inductor cache, before the interleaved '
+    'rounds: each is called until a call compiles nothing, and compile s is the wall time of the calls that '
+    'compiled less as many steady-state steps; compilations during warm-up and timed rounds are counted '
+    '(late_compiles, 0 for a valid row)')
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,7 @@ class Setting:
     bn_folded: bool
     task: str
     channels_last: bool
-    compiled: bool
+    backend: str  # 'eager' or a torch.compile backend
     batch_size: int
     img_size: int
     device: str
@@ -118,7 +136,7 @@ class Setting:
     threads: int
 
 
-def _build_step(s: Setting) -> Callable[[], None]:
+def build_step(s: Setting) -> Callable[[], None]:
     """One inference or training step of a freshly built model on a fixed random batch."""
     device = torch.device(s.device)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
@@ -129,7 +147,7 @@ def _build_step(s: Setting) -> Callable[[], None]:
     model = model.to(device=device, memory_format=memory_format)
     model.train(s.task == 'train')
     x = torch.randn(s.batch_size, 3, s.img_size, s.img_size, device=device).contiguous(memory_format=memory_format)
-    run = torch.compile(model) if s.compiled else model
+    run = model if s.backend == 'eager' else torch.compile(model, backend=s.backend)
 
     def autocast():
         if s.precision == 'bf16':
@@ -154,7 +172,8 @@ def _build_step(s: Setting) -> Callable[[], None]:
     return step
 
 
-def _sync(device: str) -> Callable[[], None]:
+def device_sync(device: str) -> Callable[[], None]:
+    """A function that waits for the device to finish its queued work (a no-op on the CPU)."""
     return torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
 
 
@@ -181,10 +200,10 @@ def _probe_memory(s: Setting) -> float:
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_reset_peak()
-    step = _build_step(s)
+    step = build_step(s)
     step()
     step()
-    _sync(s.device)()
+    device_sync(s.device)()
     peak = torch.cuda.max_memory_allocated() if cuda else _proc_status_bytes('VmHWM')
     del step
     return (peak - base) / MIB
@@ -222,21 +241,93 @@ def _spread(reference: Sequence[float], times: Sequence[float]) -> Dict[str, flo
     return {'median': median_ratio(reference, times), 'q1': q1, 'q3': q3}
 
 
-def run_mode(pair_name: str, mode: str, compiled: bool, args: argparse.Namespace) -> dict:
-    """Time one pair in one mode, models interleaved round by round; then memory per model."""
+def backend_label(backend: str) -> str:
+    """How a backend is named in the report: ``eager`` or ``compile (<torch.compile backend>)``."""
+    return backend if backend == 'eager' else f'compile ({backend})'
+
+
+def compile_events() -> int:
+    """Compilations so far in this process: TorchDynamo frames and Inductor graphs (forward, backward)."""
+    return dynamo_counters['frames']['total'] + sum(
+        dynamo_counters['inductor'][key] for key in ('fxgraph_cache_miss', 'fxgraph_cache_hit', 'fxgraph_cache_bypass'))
+
+
+def compile_model(s: Setting) -> Tuple[Callable[[], None], dict]:
+    """Build one model's compiled step and call it until a call compiles nothing: (step, record).
+
+    Runs with a fresh Inductor cache. The record holds the number and total wall time of the calls
+    that compiled, the graphs TorchDynamo made (1 unless the model has graph breaks) and, on a GPU,
+    the peak memory of the first call that compiled nothing, above the memory allocated before the
+    model was built.
+    """
+    cuda = s.device.startswith('cuda')
+    graphs_before = dynamo_counters['stats']['unique_graphs']
+    base = torch.cuda.memory_allocated() if cuda else 0
+    record = {'compile_calls': 0, 'compile_calls_s': 0.}
+    with inductor_utils.fresh_cache():
+        step = build_step(s)
+        while True:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            before = compile_events()
+            start = time.perf_counter()
+            step()
+            device_sync(s.device)()
+            elapsed = time.perf_counter() - start
+            if compile_events() == before:
+                break
+            if record['compile_calls'] == MAX_COMPILE_CALLS:
+                raise RuntimeError(
+                    f'{s.model} ({s.task}) still compiles after {MAX_COMPILE_CALLS} calls: run with '
+                    'TORCH_LOGS=recompiles to see why')
+            record['compile_calls'] += 1
+            record['compile_calls_s'] += elapsed
+    record['graphs'] = dynamo_counters['stats']['unique_graphs'] - graphs_before
+    if not record['compile_calls'] or not record['graphs']:
+        raise RuntimeError(f'torch.compile compiled nothing for {s.model} ({s.task}): is TorchDynamo disabled?')
+    record['peak_memory_mib'] = (torch.cuda.max_memory_allocated() - base) / MIB if cuda else None
+    return step, record
+
+
+def _counting_late_compiles(step: Callable[[], None], record: dict) -> Callable[[], None]:
+    """``step``, adding to ``record['late_compiles']`` the compilations that happen in it."""
+    record['late_compiles'] = 0
+
+    def counted() -> None:
+        before = compile_events()
+        step()
+        record['late_compiles'] += compile_events() - before
+    return counted
+
+
+def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) -> dict:
+    """Time one pair in one mode, models interleaved round by round; then memory per model.
+
+    ``backend`` is 'eager' or a torch.compile backend; compiled models are compiled one after the
+    other first (see ``compile_model``), then timed like eager ones, compilations counted.
+    """
     pair, (task, channels_last) = PAIRS[pair_name], MODES[mode]
     batch_size = args.train_batch_size if task == 'train' else args.batch_size
     settings = {
         e.label: Setting(
-            e.model, e.bn_folded, task, channels_last, compiled, batch_size, args.img_size,
+            e.model, e.bn_folded, task, channels_last, backend, batch_size, args.img_size,
             args.device, args.precision, torch.get_num_threads())
         for e in pair.entries}
-    if compiled:
+    compiled: Dict[str, dict] = {}
+    if backend == 'eager':
+        steps = {label: build_step(s) for label, s in settings.items()}
+    else:
         torch._dynamo.reset()
-    steps = {label: _build_step(s) for label, s in settings.items()}
-    times = time_interleaved(steps, rounds=args.rounds, warmup=args.warmup, sync=_sync(args.device))
+        steps = {}
+        for label, s in settings.items():
+            step, compiled[label] = compile_model(s)
+            steps[label] = _counting_late_compiles(step, compiled[label])
+    times = time_interleaved(steps, rounds=args.rounds, warmup=args.warmup, sync=device_sync(args.device))
     del steps
-    memory = dict.fromkeys(settings) if compiled else peak_memory_mib(settings)
+    if compiled:
+        memory = {label: record.pop('peak_memory_mib') for label, record in compiled.items()}
+    else:
+        memory = peak_memory_mib(settings)
 
     models = []
     for e in pair.entries:
@@ -254,14 +345,30 @@ def run_mode(pair_name: str, mode: str, compiled: bool, args: argparse.Namespace
                 r: memory[e.label] / memory[r] for r in pair.references
                 if r != e.label and memory[e.label] is not None},
         })
-        print(f"  {e.label:28s} {models[-1]['images_per_s']:8.1f} img/s  " + '  '.join(
-            f"vs {r} {v['median']:.3f}" for r, v in models[-1]['throughput_ratio'].items()), flush=True)
+        line = f"  {e.label:28s} {models[-1]['images_per_s']:8.1f} img/s  " + '  '.join(
+            f"vs {r} {v['median']:.3f}" for r, v in models[-1]['throughput_ratio'].items())
+        if compiled:
+            record = compiled[e.label]
+            record['compile_s'] = record['compile_calls_s'] - record['compile_calls'] * statistics.median(t)
+            models[-1]['compile'] = record
+            line += f"  (compile {record['compile_s']:.1f} s{_compile_flags(record)})"
+        print(line, flush=True)
     return {
         'pair': pair_name, 'mode': mode, 'task': task,
         'memory_format': 'channels_last' if channels_last else 'nchw',
-        'backend': 'compile' if compiled else 'eager', 'batch_size': batch_size,
+        'backend': backend_label(backend), 'batch_size': batch_size,
         'references': list(pair.references), 'note': pair.note, 'models': models,
     }
+
+
+def _compile_flags(record: dict) -> str:
+    """What makes a compiled row suspect: graph breaks, compilations during the timed rounds."""
+    flags = []
+    if record['graphs'] != 1:
+        flags.append(f"{record['graphs']} graphs")
+    if record['late_compiles']:
+        flags.append(f"RECOMPILED {record['late_compiles']}x in warm-up or timed rounds: timing invalid")
+    return ''.join(f', {flag}' for flag in flags)
 
 
 def environment(device: str) -> Tuple[dict, dict]:
@@ -280,6 +387,12 @@ def _ratio_cell(ratio: Optional[dict]) -> str:
     if ratio is None:
         return '1 (ref)'
     return f"{ratio['median']:.3f} [{ratio['q1']:.2f}, {ratio['q3']:.2f}]"
+
+
+def _compile_cell(model: dict) -> str:
+    """Compile time in seconds, with its flags; '-' for an eager row."""
+    record = model.get('compile')
+    return '-' if record is None else f"{record['compile_s']:.1f}{_compile_flags(record)}"
 
 
 def markdown(report: dict) -> str:
@@ -305,6 +418,7 @@ def markdown(report: dict) -> str:
         'over rounds of t_ref / t_model, with the quartiles of the per-round ratios in brackets. '
         f"Peak memory: {st['memory']}.",
         '',
+        *([f"Compiled modes: {st['compile']}.", ''] if 'compile' in st else []),
         '| model | params (M) | GMACs |',
         '|---|---:|---:|',
         *[f"| {name} | {m['params_m']:.2f} | {m['gmacs']:.2f} |" for name, m in report['models'].items()],
@@ -315,10 +429,13 @@ def markdown(report: dict) -> str:
         lines += ['', f'## {pair}', '']
         if results[0]['note']:
             lines += [results[0]['note'], '']
+        with_compile = any('compile' in m for r in results for m in r['models'])
         lines += [
             '| mode | backend | batch | model | img/s | ' + ' | '.join(f'vs {r}' for r in refs)
-            + ' | peak MiB | ' + ' | '.join(f'memory vs {r}' for r in refs) + ' |',
-            '|---|---|---:|---|---:|' + '---:|' * len(refs) + '---:|' + '---:|' * len(refs),
+            + ' | peak MiB | ' + ' | '.join(f'memory vs {r}' for r in refs) + ' |'
+            + (' compile s |' if with_compile else ''),
+            '|---|---|---:|---|---:|' + '---:|' * len(refs) + '---:|' + '---:|' * len(refs)
+            + ('---:|' if with_compile else ''),
         ]
         for r in results:
             for m in r['models']:
@@ -328,6 +445,7 @@ def markdown(report: dict) -> str:
                     *[_ratio_cell(m['throughput_ratio'].get(ref)) for ref in refs],
                     '-' if mem is None else f'{mem:.0f}',
                     *['-' if mem is None else f"{m['memory_ratio'].get(ref, 1.):.3f}" for ref in refs],
+                    *([_compile_cell(m)] if with_compile else []),
                 ]
                 lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
@@ -337,23 +455,31 @@ def readme_summary(report: dict, source: str) -> str:
     """The README's section: the SaE model of each pair against its references, per mode."""
     st, hw, ver = report['settings'], report['hardware'], report['versions']
     device = f"GPU {hw['gpu']}" if 'gpu' in hw else f"CPU {hw['cpu']}, {hw['torch_threads']} torch threads"
+    with_compile = any('compile' in m for r in report['results'] for m in r['models'])
     lines = [
         f"From `{source}` ({'complete' if report['complete'] else 'INCOMPLETE'}): {device}; torch {ver['torch']}, "
         f"timm {ver['timm']}; {st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, "
         f"training batch {st['train_batch_size']}, {st['rounds']} interleaved rounds; `{report['command']}`. "
         'Throughput ratio of the first model of each row to the reference (> 1: faster), median over rounds '
-        '[quartiles]; memory: ratio of peak memory (< 1: less).',
+        '[quartiles]; memory: ratio of peak memory (< 1: less).'
+        + (' Compiled rows: steady state after compilation; compile s: compile time of the model, then of the '
+           'reference (each with a fresh Inductor cache).' if with_compile else ''),
         '',
-        '| model | reference | mode | backend | throughput ratio | memory ratio |',
-        '|---|---|---|---|---:|---:|',
+        '| model | reference | mode | backend | throughput ratio | memory ratio |'
+        + (' compile s |' if with_compile else ''),
+        '|---|---|---|---|---:|---:|' + ('---:|' if with_compile else ''),
     ]
     for r in report['results']:
         first = r['models'][0]
+        by_label = {m['label']: m for m in r['models']}
         for ref, ratio in first['throughput_ratio'].items():
             memory = first['memory_ratio'].get(ref)
+            compile_cell = (
+                f" {_compile_cell(first)} / {_compile_cell(by_label[ref])} |" if 'compile' in first
+                else ' - |' if with_compile else '')
             lines.append(
                 f"| {first['label']} | {ref} | {r['mode']} | {r['backend']} | {_ratio_cell(ratio)} | "
-                f"{'-' if memory is None else f'{memory:.3f}'} |")
+                f"{'-' if memory is None else f'{memory:.3f}'} |{compile_cell}")
     return '\n'.join(lines) + '\n'
 
 
@@ -380,7 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--pairs', nargs='+', choices=list(PAIRS), help=f'default: all of {list(PAIRS)}')
     parser.add_argument(
         '--compile', nargs='*', choices=list(PAIRS), metavar='PAIR',
-        help='also time torch.compile for these pairs (every selected pair when none is named)')
+        help='also time torch.compile for these pairs (every selected pair when none is named), after the eager modes')
+    parser.add_argument(
+        '--compile-backend', choices=COMPILE_BACKENDS, default='inductor',
+        help='torch.compile backend (default inductor; aot_eager compiles fast and generates no code, for tests)')
     parser.add_argument('--precision', choices=['fp32', 'bf16'], help='default: fp32 on cpu, bf16 autocast on cuda')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch default; --quick 1)')
     parser.add_argument('--quick', action='store_true', help='tiny settings: one pair, one mode, for tests')
@@ -420,8 +549,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_size = (3, args.img_size, args.img_size)
     # eager first: the compiled modes, slow to compile, come last
     planned = [
-        (pair, mode, compiled) for compiled in (False, True) for pair in args.pairs for mode in args.modes
-        if MODES[mode][0] in PAIRS[pair].tasks and (not compiled or pair in compile_pairs)]
+        (pair, mode, backend) for backend in ('eager', args.compile_backend) for pair in args.pairs
+        for mode in args.modes if MODES[mode][0] in PAIRS[pair].tasks and (backend == 'eager' or pair in compile_pairs)]
+    cuda = args.device.startswith('cuda')
     names = dict.fromkeys(e.model for p in args.pairs for e in PAIRS[p].entries)
     report = {
         'command': shlex.join(['python', os.path.relpath(__file__), *argv]),
@@ -436,21 +566,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             'cudnn_benchmark': torch.backends.cudnn.benchmark,
             'timing': 'seconds per step, models in turn within each round (A B C, A B C, ...)',
             'memory': (
-                'torch.cuda.max_memory_allocated above the memory allocated before the model was built'
-                if args.device.startswith('cuda') else
-                'peak RSS (VmHWM) of a fresh subprocess above its RSS before the model was built'
-            ) + ' (model, batch, warm-up + one step; eager only)',
+                'torch.cuda.max_memory_allocated above the memory allocated before the model was built '
+                '(eager: model, batch, warm-up + one step, one model alive at a time; compiled: the first call '
+                'after compilation)' if cuda else
+                'peak RSS (VmHWM) of a fresh subprocess above its RSS before the model was built '
+                '(model, batch, warm-up + one step; eager only)'),
+            **({'compile': COMPILE_METHOD.format(backend=args.compile_backend)} if compile_pairs else {}),
         },
-        'planned': [f"{pair} {mode} {'compile' if compiled else 'eager'}" for pair, mode, compiled in planned],
+        'planned': [f'{pair} {mode} {backend_label(backend)}' for pair, mode, backend in planned],
         'models': {name: describe(name, input_size) for name in names},
         'results': [],
     }
     out = args.out or RESULTS_DIR / f"speed_{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for pair, mode, compiled in planned:  # the report is rewritten after each mode: a cut run keeps its results
-        print(f"{pair} {mode} {'compile' if compiled else 'eager'}", flush=True)
+    for pair, mode, backend in planned:  # the report is rewritten after each mode: a cut run keeps its results
+        print(f'{pair} {mode} {backend_label(backend)}', flush=True)
         start = time.perf_counter()
-        report['results'].append(run_mode(pair, mode, compiled, args))
+        report['results'].append(run_mode(pair, mode, backend, args))
         report['results'][-1]['wall_s'] = time.perf_counter() - start
         print(f"  ({report['results'][-1]['wall_s']:.0f} s with warm-up, compilation and memory)", flush=True)
         report['complete'] = len(report['results']) == len(planned)

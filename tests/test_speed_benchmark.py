@@ -1,27 +1,30 @@
-"""benchmarks/speed.py --quick: report structure, ratios from per-round times, table from the JSON."""
-import importlib.util
+"""benchmarks/speed.py and profile_speed.py at tiny settings: report structure, ratios from per-round
+times, compile time and recompilation counts of torch.compile modes, tables from the JSON.
+
+The compiled modes use torch.compile's ``aot_eager`` backend: the same TorchDynamo capture and AOT
+autograd as Inductor, without code generation, which takes minutes per model on 2 CPU cores.
+"""
 import json
+import re
 import shlex
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-SPEED = Path(__file__).resolve().parents[1] / 'benchmarks' / 'speed.py'
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
+import profile_speed  # noqa: E402
+import speed  # noqa: E402
 
-
-@pytest.fixture(scope='module')
-def speed():
-    spec = importlib.util.spec_from_file_location('speed_benchmark', SPEED)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+QUICK_COMPILE = ['--quick', '--compile', '--compile-backend', 'aot_eager']
 
 
 @pytest.fixture(scope='module')
-def quick_report(speed, tmp_path_factory):
+def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp('speed') / 'speed_cpu.json'
-    argv = ['--quick', '--out', str(out)]
+    argv = [*QUICK_COMPILE, '--out', str(out)]
     assert speed.main(argv) == 0
     return out, argv
 
@@ -29,57 +32,165 @@ def quick_report(speed, tmp_path_factory):
 def test_report_structure(quick_report):
     out, argv = quick_report
     report = json.loads(out.read_text())
-    assert report['complete'] and report['planned'] == ['resnet18 infer-nchw eager']
+    assert report['complete']
+    assert report['planned'] == ['resnet18 infer-nchw eager', 'resnet18 infer-nchw compile (aot_eager)']
     assert shlex.split(report['command'])[2:] == argv
     assert shlex.split(report['command'])[1].endswith('speed.py')
     assert set(report['versions']) == {'python', 'torch', 'timm', 'timm_sae'}
     assert {'cpu', 'cpu_cores', 'torch_threads'} <= set(report['hardware'])
     settings = report['settings']
     assert (settings['device'], settings['precision'], settings['rounds']) == ('cpu', 'fp32', 2)
+    assert "backend='aot_eager'" in settings['compile']
     assert set(report['models']) == {'saeresnet18', 'seresnet18', 'resnet18'}
     assert all(m['params_m'] > 11 and m['gmacs'] > 0 for m in report['models'].values())
 
-    (result,) = report['results']
-    assert (result['pair'], result['mode'], result['backend']) == ('resnet18', 'infer-nchw', 'eager')
-    assert result['references'] == ['seresnet18', 'resnet18']
-    times = {m['label']: m['round_times_s'] for m in result['models']}
-    assert list(times) == ['saeresnet18', 'seresnet18', 'resnet18']
-    for m in result['models']:
-        assert len(m['round_times_s']) == settings['rounds']
-        assert m['images_per_s'] == pytest.approx(result['batch_size'] / statistics.median(m['round_times_s']))
-        assert m['peak_memory_mib'] > 0
-        for ref, ratio in m['throughput_ratio'].items():
-            per_round = [r / t for r, t in zip(times[ref], m['round_times_s'])]
-            assert ratio['median'] == pytest.approx(statistics.median(per_round))
-            assert min(per_round) <= ratio['q1'] <= ratio['median'] <= ratio['q3'] <= max(per_round)
-    sae = result['models'][0]
-    assert set(sae['throughput_ratio']) == set(sae['memory_ratio']) == {'seresnet18', 'resnet18'}
-    assert 'seresnet18' not in result['models'][1]['throughput_ratio']
+    eager, compiled = report['results']
+    for result, backend in ((eager, 'eager'), (compiled, 'compile (aot_eager)')):
+        assert (result['pair'], result['mode'], result['backend']) == ('resnet18', 'infer-nchw', backend)
+        assert result['references'] == ['seresnet18', 'resnet18']
+        times = {m['label']: m['round_times_s'] for m in result['models']}
+        assert list(times) == ['saeresnet18', 'seresnet18', 'resnet18']
+        for m in result['models']:
+            assert len(m['round_times_s']) == settings['rounds']
+            assert m['images_per_s'] == pytest.approx(result['batch_size'] / statistics.median(m['round_times_s']))
+            for ref, ratio in m['throughput_ratio'].items():
+                per_round = [r / t for r, t in zip(times[ref], m['round_times_s'])]
+                assert ratio['median'] == pytest.approx(statistics.median(per_round))
+                assert min(per_round) <= ratio['q1'] <= ratio['median'] <= ratio['q3'] <= max(per_round)
+        sae = result['models'][0]
+        assert set(sae['throughput_ratio']) == {'seresnet18', 'resnet18'}
+        assert 'seresnet18' not in result['models'][1]['throughput_ratio']
+
+    for m in eager['models']:
+        assert m['peak_memory_mib'] > 0 and 'compile' not in m
+    assert set(eager['models'][0]['memory_ratio']) == {'seresnet18', 'resnet18'}
+    for m in compiled['models']:
+        # no memory for compiled models on the CPU (a subprocess would compile again)
+        assert m['peak_memory_mib'] is None and m['memory_ratio'] == {}
+        record = m['compile']
+        # one graph (no graph break), compiled by the first call, nothing compiled while timing
+        assert (record['graphs'], record['compile_calls'], record['late_compiles']) == (1, 1, 0)
+        assert record['compile_s'] == pytest.approx(record['compile_calls_s'] - m['median_s'])
+        assert record['compile_s'] > 0
 
 
-def test_table_regenerated_from_json(speed, quick_report, tmp_path):
+def test_tables_regenerated_from_json(quick_report, tmp_path):
     out, _ = quick_report
     md_path = out.with_suffix('.md')
     md = md_path.read_text()
+    compile_s = {m['label']: m['compile']['compile_s'] for m in json.loads(out.read_text())['results'][1]['models']}
     assert '| infer-nchw | eager | 2 | saeresnet18 |' in md
+    assert "| infer-nchw | compile (aot_eager) | 2 | resnet18 |" in md
+    assert md.count(' compile s |') == 1 and f"| - | - | - | {compile_s['resnet18']:.1f} |" in md
+    assert 'Compiled modes: torch.compile(' in md
     md_path.unlink()
     assert speed.main(['--table-only', str(out)]) == 0
     assert md_path.read_text() == md
 
+    readme = tmp_path / 'README.md'
+    readme.write_text('# x\n\n<!-- begin speed: generated by benchmarks/speed.py -->\nold\n<!-- end speed -->\ntail\n')
+    assert speed.main(['--table-only', str(out), '--readme', str(readme)]) == 0
+    section = readme.read_text()
+    assert '\nold\n' not in section and section.endswith('<!-- end speed -->\ntail\n')
+    assert '| saeresnet18 | seresnet18 | infer-nchw | eager |' in section
+    assert ("| saeresnet18 | resnet18 | infer-nchw | compile (aot_eager) |" in section
+            and f"| {compile_s['saeresnet18']:.1f} / {compile_s['resnet18']:.1f} |" in section)
+
     report = json.loads(out.read_text())
     report['results'][0]['models'][0]['images_per_s'] = 12345.6
-    compiled = json.loads(json.dumps(report['results'][0]))
-    compiled['backend'] = 'compile'
-    for m in compiled['models']:
-        m['peak_memory_mib'], m['memory_ratio'] = None, {}
-    report['results'].append(compiled)
-    report['planned'] += ['resnet18 infer-nchw compile', 'resnet18 train-nchw eager']
+    report['results'][1]['models'][0]['compile'].update(late_compiles=2, graphs=3)
+    report['planned'] += ['resnet18 train-nchw eager']
     report['complete'] = False
     edited = tmp_path / 'edited.json'
     edited.write_text(json.dumps(report))
     assert speed.main(['--table-only', str(edited)]) == 0
     table = edited.with_suffix('.md').read_text()
     assert '| 12345.6 |' in table
-    assert '| infer-nchw | compile | 2 | resnet18 |' in table
     assert 'Incomplete: 2 of 3 modes ran' in table
-    assert 'Incomplete' not in md
+    assert ', 3 graphs, RECOMPILED 2x in warm-up or timed rounds: timing invalid |' in table
+    assert 'Incomplete' not in md and 'RECOMPILED' not in md
+
+
+def test_committed_results_table_is_generated_from_its_json():
+    """``--table-only`` reproduces the committed table (an eager-only report has no compile column)."""
+    results = Path(speed.__file__).parent / 'results'
+    for json_path in results.glob('speed_*.json'):
+        assert speed.markdown(json.loads(json_path.read_text())) == json_path.with_suffix('.md').read_text()
+
+
+def test_readme_speed_section_is_generated_from_its_json():
+    """The README's speed section is what ``--readme`` writes from the JSON that the section names."""
+    root = Path(speed.__file__).resolve().parent.parent
+    readme = (root / 'README.md').read_text()
+    section = re.search(
+        r'<!-- begin speed: generated by benchmarks/speed.py -->\n(.*?)<!-- end speed -->', readme, re.DOTALL)
+    assert section, 'README.md has no generated speed section'
+    source = re.match(r'From `([^`]+)`', section.group(1)).group(1)
+    assert section.group(1) == speed.readme_summary(json.loads((root / source).read_text()), source)
+
+
+def test_late_compiles_are_counted():
+    torch._dynamo.reset()
+    double = torch.compile(lambda x: x * 2, backend='eager', dynamic=False)
+    inputs = [torch.ones(2)]
+    record = {}
+    step = speed._counting_late_compiles(lambda: double(inputs[0]), record)
+    step()
+    assert record['late_compiles'] == 1  # the first call compiles
+    step()
+    assert record['late_compiles'] == 1
+    inputs[0] = torch.ones(3)  # a new shape: compiled again
+    step()
+    assert record['late_compiles'] == 2
+
+
+def test_compile_model_stops_a_model_that_keeps_compiling(monkeypatch):
+    events = iter(range(100))
+    monkeypatch.setattr(speed, 'build_step', lambda s: lambda: None)
+    monkeypatch.setattr(speed, 'compile_events', lambda: next(events))
+    setting = speed.Setting('resnet18', False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
+    with pytest.raises(RuntimeError, match=f'still compiles after {speed.MAX_COMPILE_CALLS} calls'):
+        speed.compile_model(setting)
+
+
+@pytest.mark.slow
+def test_compiled_training_step(tmp_path):
+    """Forward and backward graphs are compiled in the first training step; nothing later."""
+    out = tmp_path / 'speed_cpu.json'
+    assert speed.main([*QUICK_COMPILE, '--modes', 'train-nchw', '--img-size', '32', '--out', str(out)]) == 0
+    compiled = json.loads(out.read_text())['results'][1]
+    assert (compiled['task'], compiled['backend']) == ('train', 'compile (aot_eager)')
+    for m in compiled['models']:
+        assert (m['compile']['graphs'], m['compile']['compile_calls'], m['compile']['late_compiles']) == (1, 1, 0)
+
+
+def test_profile_table(tmp_path):
+    out = tmp_path / 'profile.json'
+    argv = ['--pair', 'resnet18', '--mode', 'infer-nchw', '--batch-size', '2', '--img-size', '32',
+            '--warmup', '1', '--steps', '2', '--top', '40', '--threads', '1', '--out', str(out)]
+    assert profile_speed.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert shlex.split(report['command'])[2:] == argv
+    assert report['settings']['backend'] == 'eager' and report['settings']['time'] == 'CPU'
+    assert list(report['models']) == ['saeresnet18', 'seresnet18', 'resnet18']
+    # resnet18 has 20 convolutions; seresnet18 16 more (SE's two 1x1 convolutions in 8 blocks), SaE none
+    convolutions = {'saeresnet18': 20, 'seresnet18': 36, 'resnet18': 20}
+    for label, m in report['models'].items():
+        top = m['top']
+        assert 10 < len(top) <= 40 and m['compile'] is None
+        assert [row['self_ms'] for row in top] == sorted((row['self_ms'] for row in top), reverse=True)
+        assert sum(row['self_ms'] for row in top) <= m['self_time_ms_per_step'] * (1 + 1e-9)
+        assert sum(row['share'] for row in top) <= 1 + 1e-9
+        assert 'conv' in top[0]['name']  # convolutions dominate a ResNet on the CPU
+        calls = {row['name']: row['calls'] for row in top}
+        assert calls['aten::convolution'] == convolutions[label]  # per step
+    md = out.with_suffix('.md').read_text()
+    assert md == profile_speed.markdown(report)
+    assert '| operator | saeresnet18 | seresnet18 | resnet18 |' in md
+    first = report['models']['saeresnet18']['top'][0]
+    assert f"| `{first['name']}` | {first['self_ms']:.2f} ({first['calls']:g}) |" in md
+
+
+def test_profile_rejects_a_mode_the_pair_lacks():
+    with pytest.raises(SystemExit, match='has no train mode'):
+        profile_speed.main(['--pair', 'resnet50_bn_folded', '--mode', 'train-cl'])
