@@ -14,6 +14,7 @@ finished run, and runs already in it (same configuration, seed and protocol) are
 """
 import argparse
 import concurrent.futures as futures
+import functools
 import json
 import math
 import multiprocessing
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import timm
@@ -181,20 +182,26 @@ class Normalize:
         return (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format)
 
 
+def predict(
+        model: torch.nn.Module, x: torch.Tensor, normalize: Normalize, batch_size: int,
+        autocast: Dict[str, Any]) -> torch.Tensor:
+    """fp32 logits (N, classes) of ``model`` in eval mode on the uint8 images ``x``."""
+    model.eval()
+    with torch.inference_mode(), torch.autocast(**autocast):
+        return torch.cat([model(normalize(x[i:i + batch_size])).float() for i in range(0, len(x), batch_size)])
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> Tuple[float, float]:
+    """Top-1 (%) and mean cross-entropy of ``logits`` against the labels ``y``."""
+    top1 = 100. * (logits.argmax(1) == y).sum().item() / len(y)
+    return top1, F.cross_entropy(logits, y, reduction='sum').item() / len(y)
+
+
 def evaluate(
         model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalize, batch_size: int,
         autocast: Dict[str, Any]) -> Tuple[float, float]:
     """Top-1 (%) and mean cross-entropy of ``model`` on (x, y)."""
-    model.eval()
-    correct = torch.zeros((), device=x.device)
-    loss = torch.zeros((), device=x.device)
-    with torch.inference_mode(), torch.autocast(**autocast):
-        for i in range(0, len(x), batch_size):
-            logits = model(normalize(x[i:i + batch_size])).float()
-            target = y[i:i + batch_size]
-            loss += F.cross_entropy(logits, target, reduction='sum')
-            correct += (logits.argmax(1) == target).sum()
-    return 100. * correct.item() / len(x), loss.item() / len(x)
+    return score(predict(model, x, normalize, batch_size, autocast), y)
 
 
 def seed_everything(seed: int) -> None:
@@ -204,43 +211,77 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_run(
-        config: str, seed: int, protocol: Dict[str, Any], data: DeviceData, checkpoint_dir: Path,
-        position: int = 0) -> Dict[str, Any]:
-    """Train one configuration with one seed under ``protocol``; the run's results record."""
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate of one training, per step: linear warmup from ``WARMUP_LR_INIT`` to ``lr`` over
+    ``warmup_epochs``, then cosine to 0 over the remaining epochs (timm CosineLRScheduler, warmup_prefix)."""
+    lr: float
+    epochs: int
+    warmup_epochs: int = 0
+
+    @classmethod
+    def of(cls, protocol: Dict[str, Any]) -> 'Schedule':
+        """The schedule a protocol document fixes."""
+        return cls(protocol['lr'], protocol['epochs'], protocol['warmup_epochs'])
+
+
+@dataclass
+class Training:
+    """What ``train`` measured: the validation-chosen epoch, per-epoch curves and timings."""
+    best: Dict[str, Any]  # epoch (1-based), val_top1, val_loss, test_top1, test_loss
+    curve: Dict[str, List[float]]  # one value per epoch 1..epochs
+    start: Optional[Dict[str, float]]  # epoch 0, before any step (with evaluate_start)
+    best_state: Optional[Dict[str, torch.Tensor]]  # CPU copy of the chosen weights (with keep_best_state)
+    train_time_s: float
+    wall_time_s: float
+    train_images_per_s: float
+
+
+def train(
+        model: torch.nn.Module, schedule: Schedule, protocol: Dict[str, Any], data: DeviceData, seed: int,
+        desc: str, position: int = 0, keep_best_state: bool = False, evaluate_start: bool = False) -> Training:
+    """Train ``model`` from the weights it holds under ``protocol`` (batch, augmentation, optimizer, weight decay,
+    label smoothing, precision) with ``schedule`` and a fresh optimizer; ``seed`` seeds the shuffling and the
+    augmentation. Validation and test are evaluated after every epoch; the validation-chosen epoch (best top-1,
+    first on ties, among epochs 1..N) is reported. With ``evaluate_start`` epoch 0 is evaluated too, and recorded
+    but never chosen."""
     device = data.train_x.device
     cuda = device.type == 'cuda'
-    model_name, kwargs = CONFIGS[config]
-    seed_everything(seed)
-    model = timm.create_model(model_name, in_chans=1, num_classes=NUM_CLASSES, **kwargs).to(device)
+    model = model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(protocol['mean'], protocol['std'], device, channels_last=cuda)
     autocast = {'device_type': device.type, 'dtype': torch.bfloat16, 'enabled': cuda}
     generator = torch.Generator(device=device).manual_seed(seed)
 
-    batch, epochs = protocol['batch_size'], protocol['epochs']
+    batch, epochs = protocol['batch_size'], schedule.epochs
     steps = len(data.train_x) // batch
     if steps == 0:
         raise ValueError(f'{len(data.train_x)} training images are fewer than one batch of {batch}')
-    warmup = protocol['warmup_epochs'] * steps
+    warmup = schedule.warmup_epochs * steps
     optimizer = create_optimizer_v2(
-        model, opt='sgd', lr=protocol['lr'], weight_decay=protocol['weight_decay'], momentum=0.9)
+        model, opt='sgd', lr=schedule.lr, weight_decay=protocol['weight_decay'], momentum=0.9)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=epochs * steps - warmup, lr_min=0., warmup_t=warmup, warmup_lr_init=WARMUP_LR_INIT,
         warmup_prefix=True, t_in_epochs=False)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=protocol['label_smoothing'])
     eval_batch = 2048 if cuda else 512
-    save_checkpoint = (config, seed) in CHECKPOINT_RUNS
 
+    def evaluate_splits() -> Tuple[float, float, float, float]:
+        return (*evaluate(model, data.val_x, data.val_y, normalize, eval_batch, autocast),
+                *evaluate(model, data.test_x, data.test_y, normalize, eval_batch, autocast))
+
+    start = None
+    if evaluate_start:
+        start = dict(zip(('val_top1', 'val_loss', 'test_top1', 'test_loss'), evaluate_splits()))
     curve: Dict[str, List[float]] = {
         'train_loss': [], 'val_top1': [], 'val_loss': [], 'test_top1': [], 'test_loss': [], 'train_time_s': []}
     best = {'epoch': 0, 'val_top1': -1.}
     best_state: Optional[Dict[str, torch.Tensor]] = None
     train_time = 0.
-    start = time.perf_counter()
-    bar = tqdm(total=epochs * steps, desc=f'{config} seed {seed}', unit='step', position=position, leave=False,
-               dynamic_ncols=True, mininterval=1.)
+    started = time.perf_counter()
+    bar = tqdm(total=epochs * steps, desc=desc, unit='step', position=position, leave=False, dynamic_ncols=True,
+               mininterval=1.)
     for epoch in range(1, epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
@@ -262,36 +303,66 @@ def train_run(
         train_time += epoch_time
         if not math.isfinite(train_loss):
             bar.close()
-            raise RuntimeError(f'{config} seed {seed}: training loss is {train_loss} in epoch {epoch}')
-        val_top1, val_loss = evaluate(model, data.val_x, data.val_y, normalize, eval_batch, autocast)
-        test_top1, test_loss = evaluate(model, data.test_x, data.test_y, normalize, eval_batch, autocast)
+            raise RuntimeError(f'{desc}: training loss is {train_loss} in epoch {epoch}')
+        val_top1, val_loss, test_top1, test_loss = evaluate_splits()
         for key, value in zip(curve, (train_loss, val_top1, val_loss, test_top1, test_loss, epoch_time)):
             curve[key].append(round(value, 5))
         if val_top1 > best['val_top1']:
             best = {'epoch': epoch, 'val_top1': val_top1, 'val_loss': val_loss,
                     'test_top1': test_top1, 'test_loss': test_loss}
-            if save_checkpoint:
+            if keep_best_state:
                 best_state = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in model.state_dict().items()}
         bar.set_postfix_str(f'ep {epoch} loss {train_loss:.3f} val {val_top1:.2f} test {test_top1:.2f}')
     bar.close()
-    wall_time = time.perf_counter() - start
+    return Training(best, curve, start, best_state, train_time, time.perf_counter() - started,
+                    epochs * steps * batch / train_time)
 
-    record = {
+
+def run_record(
+        config: str, model_name: str, kwargs: Dict[str, Any], seed: int, model: torch.nn.Module,
+        training: Training, protocol: Dict[str, Any]) -> Dict[str, Any]:
+    """The results record of one trained run (the JSON's ``runs`` entries)."""
+    device = next(model.parameters()).device
+    best = training.best
+    return {
         'config': config, 'model': model_name, 'model_kwargs': kwargs, 'seed': seed,
         'test_top1': best['test_top1'], 'test_loss': best['test_loss'],
         'best_val_top1': best['val_top1'], 'best_val_loss': best['val_loss'], 'best_epoch': best['epoch'],
-        'final_test_top1': curve['test_top1'][-1],
+        'final_test_top1': training.curve['test_top1'][-1],
         'params': param_count(model),
         'gmacs': describe(
             model_name, tuple(protocol['input_size']), in_chans=1, num_classes=NUM_CLASSES, **kwargs)['gmacs'],
-        'train_time_s': round(train_time, 2), 'wall_time_s': round(wall_time, 2),
-        'train_images_per_s': round(epochs * steps * batch / train_time, 1),
-        'device': str(device), 'hardware': hardware(device), 'curve': curve,
+        'train_time_s': round(training.train_time_s, 2), 'wall_time_s': round(training.wall_time_s, 2),
+        'train_images_per_s': round(training.train_images_per_s, 1),
+        'device': str(device), 'hardware': hardware(device), 'curve': training.curve,
     }
+
+
+def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
+    """A model of this benchmark: 1 input channel, Fashion-MNIST's classes."""
+    return timm.create_model(model_name, in_chans=1, num_classes=NUM_CLASSES, **kwargs)
+
+
+def train_run(
+        config: str, seed: int, protocol: Dict[str, Any], data: DeviceData, checkpoint_dir: Path,
+        position: int = 0, save_checkpoint: bool = False) -> Dict[str, Any]:
+    """Train one configuration from scratch with one seed under ``protocol``; the run's results record
+    (with ``save_checkpoint`` the validation-chosen weights are written to ``checkpoint_dir``)."""
+    model_name, kwargs = CONFIGS[config]
+    seed_everything(seed)
+    model = create_model(model_name, **kwargs)
+    training = train(model, Schedule.of(protocol), protocol, data, seed, f'{config} seed {seed}', position,
+                     keep_best_state=save_checkpoint)
+    record = run_record(config, model_name, kwargs, seed, model, training, protocol)
     if save_checkpoint:
-        record['checkpoint'] = write_checkpoint(checkpoint_dir, config, seed, model_name, kwargs, best_state, best,
-                                                protocol)
+        record['checkpoint'] = write_checkpoint(checkpoint_dir, config, seed, model_name, kwargs, training.best_state,
+                                                training.best, protocol)
     return record
+
+
+def checkpoint_path(checkpoint_dir: Path, config: str, seed: int) -> Path:
+    """Where ``write_checkpoint`` puts the checkpoint of a run."""
+    return checkpoint_dir / f'{config}_seed{seed}.pth.tar'
 
 
 def write_checkpoint(
@@ -299,7 +370,7 @@ def write_checkpoint(
         state_dict: Dict[str, torch.Tensor], best: Dict[str, Any], protocol: Dict[str, Any]) -> Dict[str, Any]:
     """Save the val-chosen weights as a timm train.py-style checkpoint; what the model card needs to know."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / f'{config}_seed{seed}.pth.tar'
+    path = checkpoint_path(checkpoint_dir, config, seed)
     torch.save({
         'arch': model_name,
         'state_dict': state_dict,
@@ -332,6 +403,11 @@ def versions() -> Dict[str, str]:
     return {**software_versions(), 'numpy': np.__version__}
 
 
+Run = Tuple[str, int]  # (configuration, seed)
+# A sweep's job: (run, data on the device, progress-bar position) -> the run's record. It must pickle (a
+# module-level function or a functools.partial of one) to reach worker processes.
+RunJob = Callable[[Run, DeviceData, int], Dict[str, Any]]
+
 # Worker processes (spawn) keep the data set on their device between runs.
 _WORKER: Dict[str, Any] = {}
 
@@ -344,9 +420,21 @@ def _init_worker(data_dir: str, quick: bool, device: str, threads: int) -> None:
     _WORKER['data'] = to_device_data(load_fashion_mnist(Path(data_dir)), quick, torch.device(device))
 
 
-def _worker_run(config: str, seed: int, protocol: Dict[str, Any], checkpoint_dir: str, position: int) -> Dict[str, Any]:
+def _worker_run(run_job: RunJob, run: Run, position: int) -> Dict[str, Any]:
     """Train one run in a worker process."""
-    return train_run(config, seed, protocol, _WORKER['data'], Path(checkpoint_dir), position)
+    return run_job(run, _WORKER['data'], position)
+
+
+def train_config(run: Run, data: DeviceData, position: int, protocol: Dict[str, Any],
+                 checkpoint_dir: Path) -> Dict[str, Any]:
+    """This benchmark's job: one configuration and seed, its checkpoint saved if it is in ``CHECKPOINT_RUNS``."""
+    config, seed = run
+    return train_run(config, seed, protocol, data, checkpoint_dir, position, save_checkpoint=run in CHECKPOINT_RUNS)
+
+
+def as_json(document: Dict[str, Any]) -> Dict[str, Any]:
+    """``document`` as it reads back from JSON (tuples become lists), so that it compares equal to a stored one."""
+    return json.loads(json.dumps(document))
 
 
 def load_results(path: Path, protocol: Dict[str, Any]) -> Dict[str, Any]:
@@ -370,7 +458,7 @@ def write_results(path: Path, results: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def refresh_summary(results: Dict[str, Any], requested: Sequence[Tuple[str, int]]) -> None:
+def refresh_summary(results: Dict[str, Any], requested: Sequence[Run]) -> None:
     """Update the top-level fields derived from the runs and invocations."""
     done = {(r['config'], r['seed']) for r in results['runs']}
     invocations = results['invocations']
@@ -381,37 +469,46 @@ def refresh_summary(results: Dict[str, Any], requested: Sequence[Tuple[str, int]
     results['wall_time_s'] = round(sum(i['wall_time_s'] for i in invocations), 1)
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """Command-line options, with the --quick defaults filled in."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--quick', action='store_true',
-                        help=f'smoke run: configs {", ".join(QUICK_CONFIGS)}, 1 seed, 1 epoch, a small subset, '
-                             f'batch 64')
+@dataclass(frozen=True)
+class SweepPaths:
+    """Default results file and checkpoint folder of a sweep script, for full and --quick sweeps."""
+    results: Path
+    checkpoint_dir: Path
+    quick_results: Path
+    quick_checkpoint_dir: Path
+
+
+def sweep_parser(description: str, quick_help: str, paths: SweepPaths, epochs_help: str = 'default 15; 1 with --quick'
+                 ) -> argparse.ArgumentParser:
+    """The options every sweep script has (finish with ``resolve_sweep_args``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--quick', action='store_true', help=quick_help)
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     parser.add_argument('--seeds', type=int, default=None, help='seeds 0..N-1 (default 3; 1 with --quick)')
-    parser.add_argument('--epochs', type=int, default=None, help='default 15; 1 with --quick')
-    parser.add_argument('--configs', nargs='+', choices=list(CONFIGS), default=None, metavar='NAME',
-                        help=f'configurations to run (default all): {", ".join(CONFIGS)}')
+    parser.add_argument('--epochs', type=int, default=None, help=epochs_help)
     parser.add_argument('--workers', type=int, default=1, help='runs trained concurrently, one process each')
     parser.add_argument('--time-budget', type=float, default=None, metavar='SECONDS',
                         help='start no new run after this many seconds (running ones finish)')
     parser.add_argument('--results', type=Path, default=None,
-                        help=f'results JSON (default {DEFAULT_RESULTS.relative_to(REPO_ROOT)}; '
-                             f'{QUICK_RESULTS.relative_to(REPO_ROOT)} with --quick)')
+                        help=f'results JSON (default {paths.results.relative_to(REPO_ROOT)}; '
+                             f'{paths.quick_results.relative_to(REPO_ROOT)} with --quick)')
     parser.add_argument('--data-dir', type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument('--checkpoint-dir', type=Path, default=None,
-                        help=f'default {DEFAULT_CHECKPOINT_DIR.relative_to(REPO_ROOT)} '
-                             f'({QUICK_CHECKPOINT_DIR.relative_to(REPO_ROOT)} with --quick)')
-    args = parser.parse_args(argv)
+                        help=f'default {paths.checkpoint_dir.relative_to(REPO_ROOT)} '
+                             f'({paths.quick_checkpoint_dir.relative_to(REPO_ROOT)} with --quick)')
+    return parser
+
+
+def resolve_sweep_args(parser: argparse.ArgumentParser, args: argparse.Namespace, paths: SweepPaths,
+                       at_least_one: Sequence[str] = ('seeds', 'epochs', 'workers')) -> argparse.Namespace:
+    """Fill in the defaults of ``sweep_parser``'s options (--quick ones with --quick) and check them."""
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     args.epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
-    args.configs = args.configs or list(QUICK_CONFIGS if args.quick else CONFIGS)
-    args.results = args.results or (QUICK_RESULTS if args.quick else DEFAULT_RESULTS)
-    args.checkpoint_dir = args.checkpoint_dir or (QUICK_CHECKPOINT_DIR if args.quick else DEFAULT_CHECKPOINT_DIR)
-    for name in ('seeds', 'epochs', 'workers'):
+    args.results = args.results or (paths.quick_results if args.quick else paths.results)
+    args.checkpoint_dir = args.checkpoint_dir or (paths.quick_checkpoint_dir if args.quick else paths.checkpoint_dir)
+    for name in at_least_one:
         if getattr(args, name) < 1:
-            parser.error(f'--{name} must be at least 1')
+            parser.error(f'--{name.replace("_", "-")} must be at least 1')
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif args.device == 'cuda' and not torch.cuda.is_available():
@@ -419,70 +516,84 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run the requested sweep (skipping finished runs); the results document."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    started = time.perf_counter()
-    data = load_fashion_mnist(args.data_dir)
-    protocol = json.loads(json.dumps(build_protocol(args, data)))  # as it reads back from JSON
-    results = load_results(args.results, protocol)
+PATHS = SweepPaths(DEFAULT_RESULTS, DEFAULT_CHECKPOINT_DIR, QUICK_RESULTS, QUICK_CHECKPOINT_DIR)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Command-line options, with the --quick defaults filled in."""
+    parser = sweep_parser(__doc__.split('\n\n')[0],
+                          f'smoke run: configs {", ".join(QUICK_CONFIGS)}, 1 seed, 1 epoch, a small subset, batch 64',
+                          PATHS)
+    parser.add_argument('--configs', nargs='+', choices=list(CONFIGS), default=None, metavar='NAME',
+                        help=f'configurations to run (default all): {", ".join(CONFIGS)}')
+    args = resolve_sweep_args(parser, parser.parse_args(argv), PATHS)
+    args.configs = args.configs or list(QUICK_CONFIGS if args.quick else CONFIGS)
+    return args
+
+
+def run_sweep(
+        script: str, argv: Sequence[str], args: argparse.Namespace, data: Dict[str, np.ndarray],
+        results: Dict[str, Any], requested: Sequence[Run], run_job: RunJob, started: float,
+        ready: Callable[[Run, Set[Run]], bool] = lambda run, done: True) -> Dict[str, Any]:
+    """Train the runs of ``requested`` that ``results`` lacks, in order, each once ``ready(run, finished runs)``,
+    with ``args.workers`` processes; ``results`` is rewritten to ``args.results`` after every finished run.
+    ``started`` is the ``time.perf_counter()`` at which the invocation began. The results document."""
     device = torch.device(args.device)
     invocation = {
-        'command': shlex.join(['python', 'benchmarks/accuracy.py', *argv]),
+        'command': shlex.join(['python', script, *argv]),
         'started_utc': datetime.now(timezone.utc).isoformat(timespec='seconds'),
         'device': args.device, 'workers': args.workers, 'hardware': hardware(device), 'versions': versions(),
         'wall_time_s': 0., 'runs_finished': 0, 'stopped_by_time_budget': False,
     }
     results['invocations'].append(invocation)
-    requested = [(c, s) for s in range(args.seeds) for c in args.configs]  # seed-major: partial sweeps stay balanced
     done = {(r['config'], r['seed']) for r in results['runs']}
-    todo = [run for run in requested if run not in done]
+    pending = [run for run in requested if run not in done]
+    todo = len(pending)
 
     def record(run: Dict[str, Any]) -> None:
         results['runs'].append(run)
+        done.add((run['config'], run['seed']))
         invocation['runs_finished'] += 1
         invocation['wall_time_s'] = round(time.perf_counter() - started, 1)
         refresh_summary(results, requested)
         write_results(args.results, results)
 
-    def out_of_time() -> bool:
+    def next_run() -> Optional[Run]:
+        """The first pending run that is ready, taken off the list; None when out of time or none is ready."""
         over = args.time_budget is not None and time.perf_counter() - started > args.time_budget
         invocation['stopped_by_time_budget'] |= over
-        return over
+        run = None if over else next((r for r in pending if ready(r, done)), None)
+        if run is not None:
+            pending.remove(run)
+        return run
 
-    print(f'{len(requested) - len(todo)} of {len(requested)} runs already in {args.results}; '
-          f'{len(todo)} to go on {args.device} with {args.workers} worker(s)', file=sys.stderr)
+    print(f'{len(requested) - todo} of {len(requested)} runs already in {args.results}; '
+          f'{todo} to go on {args.device} with {args.workers} worker(s)', file=sys.stderr)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     errors: List[str] = []
-    with tqdm(total=len(todo), desc='runs', unit='run', position=0, dynamic_ncols=True) as runs_bar:
+    with tqdm(total=todo, desc='runs', unit='run', position=0, dynamic_ncols=True) as runs_bar:
         if args.workers == 1:
             if args.device == 'cuda':
                 torch.backends.cudnn.benchmark = True
             device_data = to_device_data(data, args.quick, device)
-            for config, seed in todo:
-                if out_of_time():
-                    break
-                record(train_run(config, seed, protocol, device_data, args.checkpoint_dir, position=1))
+            while (run := next_run()) is not None:
+                record(run_job(run, device_data, 1))
                 runs_bar.update()
         else:
-            pending = list(todo)
             free_slots = list(range(args.workers, 0, -1))
-            running: Dict[futures.Future, Tuple[str, int, int]] = {}
+            running: Dict[futures.Future, Tuple[Run, int]] = {}
             with futures.ProcessPoolExecutor(
                     args.workers, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
                     initargs=(str(args.data_dir), args.quick, args.device, threads)) as pool:
-                while pending or running:
-                    while pending and free_slots and not errors and not out_of_time():
-                        config, seed = pending.pop(0)
+                while True:
+                    while free_slots and not errors and (run := next_run()) is not None:
                         slot = free_slots.pop()
-                        future = pool.submit(_worker_run, config, seed, protocol, str(args.checkpoint_dir), slot)
-                        running[future] = (config, seed, slot)
+                        running[pool.submit(_worker_run, run_job, run, slot)] = (run, slot)
                     if not running:
                         break
                     finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
                     for future in finished:
-                        config, seed, slot = running.pop(future)
+                        (config, seed), slot = running.pop(future)
                         free_slots.append(slot)
                         try:
                             record(future.result())
@@ -498,6 +609,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(f'{len(requested) - missing} of {len(requested)} runs done, results in {args.results}'
           + (f'; {missing} missing (rerun the same command to resume)' if missing else ''), file=sys.stderr)
     return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run the requested sweep (skipping finished runs); the results document."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    started = time.perf_counter()
+    data = load_fashion_mnist(args.data_dir)
+    protocol = as_json(build_protocol(args, data))
+    results = load_results(args.results, protocol)
+    requested = [(c, s) for s in range(args.seeds) for c in args.configs]  # seed-major: partial sweeps stay balanced
+    job = functools.partial(train_config, protocol=protocol, checkpoint_dir=args.checkpoint_dir)
+    return run_sweep('benchmarks/accuracy.py', argv, args, data, results, requested, job, started)
 
 
 if __name__ == '__main__':
