@@ -87,18 +87,22 @@ def test_outputs_depend_on_sae(model: nn.Module):
     assert change > 100 * ORT_RELATIVE_TOLERANCE * expected.abs().max().item()
 
 
+def _assert_match_eager(model: nn.Module, *deployed: nn.Module) -> None:
+    """Each deployed module gives eager's logits (fp32 ``assert_close``) at every batch size of RUN_BATCHES."""
+    for size in RUN_BATCHES:
+        images = _images(size)
+        expected = _eager(model, images)
+        with torch.no_grad():
+            for module in deployed:
+                assert_close(module(images), expected)
+
+
 def test_torch_export_dynamic_batch(model: nn.Module, tmp_path: Path):
     batch = torch.export.Dim('batch', min=1)
     program = torch.export.export(model, (_images(EXAMPLE_BATCH),), dynamic_shapes=({0: batch},))
     path = tmp_path / 'model.pt2'
     torch.export.save(program, path)
-    exported, loaded = program.module(), torch.export.load(path).module()
-    for size in RUN_BATCHES:
-        images = _images(size)
-        expected = _eager(model, images)
-        with torch.no_grad():
-            assert_close(exported(images), expected)
-            assert_close(loaded(images), expected)
+    _assert_match_eager(model, program.module(), torch.export.load(path).module())
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
@@ -109,13 +113,7 @@ def test_torchscript_with_save_and_load(model: nn.Module):
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
     buffer.seek(0)
-    loaded = torch.jit.load(buffer)
-    for size in RUN_BATCHES:
-        images = _images(size)
-        expected = _eager(model, images)
-        with torch.no_grad():
-            assert_close(scripted(images), expected)
-            assert_close(loaded(images), expected)
+    _assert_match_eager(model, scripted, torch.jit.load(buffer))
 
 
 def _session(path: Path) -> onnxruntime.InferenceSession:
