@@ -56,7 +56,11 @@ def test_auto_model_equals_timm(export):
     assert [wrapped.config.id2label[i] for i in range(len(LABELS))] == LABELS
     x = torch.randn(2, in_chans, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.equal(wrapped(pixel_values=x).logits, model(x))
+        expected = model(x)
+        # the same weights and ops in another module instance: equal up to the order oneDNN sums in, which can
+        # change with the tensors' memory alignment and the threads available
+        torch.testing.assert_close(
+            wrapped(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 def test_pipeline_equals_timm_transforms(export):
