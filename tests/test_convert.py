@@ -212,7 +212,11 @@ def test_pretrained_with_num_classes_in_chans_and_features(timm_hub):
         gray = timm.create_model('saeresnet18', pretrained=True, in_chans=1)
         features = timm.create_model('saeresnet18', pretrained=True, features_only=True).eval()
         plain_gate = timm.create_model('saeresnet18', pretrained=True, sae_residual=False)
-    assert model.get_classifier().out_features == 7
+        # what timm's own test_model_load_pretrained asks of every pretrained tag (it downloads; this is offline)
+        gray_five = timm.create_model('saeresnet18.resnet18_a1_in1k', pretrained=True, in_chans=1, num_classes=5)
+        gray_headless = timm.create_model('saeresnet18.resnet18_a1_in1k', pretrained=True, in_chans=1, num_classes=0)
+    assert model.get_classifier().out_features == 7 and gray_five.get_classifier().out_features == 5
+    assert gray_headless(torch.randn(1, 1, SIZE, SIZE)).shape == (1, gray_headless.num_features)
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert_features = reference.forward_features(x)
