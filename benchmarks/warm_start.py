@@ -1,7 +1,7 @@
 """Warm starts into SaE: convert trained resnet18 / seresnet18 into saeresnet18 on Fashion-MNIST and fine-tune.
 
     python benchmarks/warm_start.py                       # 3 seeds: 2 sources x 15 epochs, 4 arms x 5, scratch x 20
-    python benchmarks/warm_start.py --device cuda --workers 9
+    python benchmarks/warm_start.py --device cuda --workers 15
     python benchmarks/warm_start.py --quick --results /tmp/warm_start.json    # smoke run
 
 The sources, resnet18 and seresnet18, are trained exactly as by benchmarks/accuracy.py (its protocol, data
