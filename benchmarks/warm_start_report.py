@@ -43,6 +43,15 @@ def start_top1(runs: List[Dict[str, Any]]) -> str:
     return report.mean_std(starts) if starts else '-'
 
 
+def epoch_precision(results: Dict[str, Any]) -> str:
+    """How the per-epoch evaluations ran, from the devices of the invocations that trained the runs."""
+    devices = {invocation['device'] for invocation in results['invocations']}
+    if devices == {'cpu'}:
+        return 'fp32'
+    return ('bf16 autocast on the GPU, so a converted model and its loaded source may differ on a few test images'
+            + (' (fp32 on the CPU)' if 'cpu' in devices else ''))
+
+
 def conversion_rows(runs: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """The conversion check of every converted run, with its arm and seed."""
     return [{'arm': config, 'seed': r['seed'], **r['conversion']}
@@ -96,7 +105,7 @@ def summary(results: Dict[str, Any]) -> List[str]:
         report.COLUMNS['model'], report.COLUMNS['kwargs'], ('epochs', lambda rs: str(rs[0]['schedule']['epochs'])),
         report.COLUMNS['n'], report.COLUMNS['test_top1'],
         report.delta_column(runs, REFERENCES.get, 'Δ vs continued source [95% CI]', no_reference='-'),
-        ('epoch-0 test top-1 (%)', start_top1), report.COLUMNS['test_loss'], report.COLUMNS['best_val_top1'],
+        ('epoch-0 test top-1 (%), training precision', start_top1), report.COLUMNS['test_loss'], report.COLUMNS['best_val_top1'],
         report.COLUMNS['best_epoch'],
     ]
     protocol = results['protocol']
@@ -106,7 +115,8 @@ def summary(results: Dict[str, Any]) -> List[str]:
         f'accuracy protocol; every warm start then trains {protocol["finetune"]["epochs"]} epochs with one schedule '
         f'(lr {protocol["finetune"]["lr"]:g} cosine to 0, no warmup, fresh optimizer); {SCRATCH} trains '
         f'{protocol["scratch_epochs"]} epochs. Δ: difference of mean test top-1 to the continued source, in points, '
-        f'with a {report.CONFIDENCE:.0%} Welch t interval. Epoch-0 test top-1: the warm start before its first step.',
+        f'with a {report.CONFIDENCE:.0%} Welch t interval. Epoch-0 test top-1: the warm start before its first step, '
+        f'evaluated as every epoch is ({epoch_precision(results)}); the exactness check is the fp32 one below.',
         '',
         *report.markdown_table(runs, columns),
     ]
