@@ -483,15 +483,26 @@ def readme_summary(report: dict, source: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_table(json_path: Path, readme: Optional[Path] = None) -> Path:
-    """(Re)generate the markdown table next to a report JSON, and the README's section when given."""
-    report = json.loads(json_path.read_text())
-    md_path = json_path.with_suffix('.md')
-    md_path.write_text(markdown(report))
+def readme_section(report: dict) -> str:
+    """The README section of a report's device: ``speed`` for the CPU, ``speed-cuda`` for the GPU."""
+    device = report['settings']['device'].split(':')[0]
+    return 'speed' if device == 'cpu' else f'speed-{device}'
+
+
+def write_tables(json_paths: Sequence[Path], readme: Optional[Path] = None) -> List[Path]:
+    """(Re)generate the markdown table next to each report JSON, and, when given, the README's section of
+    their device: one summary per report, in the order given (all of one device)."""
+    reports = [json.loads(path.read_text()) for path in json_paths]
+    for path, report in zip(json_paths, reports):
+        path.with_suffix('.md').write_text(markdown(report))
     if readme:
-        source = os.path.relpath(json_path.resolve(), readme.resolve().parent)
-        update_readme_section('speed', readme_summary(report, source), 'benchmarks/speed.py', readme)
-    return md_path
+        sections = {readme_section(report) for report in reports}
+        if len(sections) != 1:
+            raise SystemExit(f'--readme takes reports of one device; these go to the sections {sorted(sections)}')
+        summaries = [readme_summary(report, os.path.relpath(path.resolve(), readme.resolve().parent))
+                     for path, report in zip(json_paths, reports)]
+        update_readme_section(sections.pop(), '\n'.join(summaries), 'benchmarks/speed.py', readme)
+    return [path.with_suffix('.md') for path in json_paths]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -514,8 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch default; --quick 1)')
     parser.add_argument('--quick', action='store_true', help='tiny settings: one pair, one mode, for tests')
     parser.add_argument('--out', type=Path, help='JSON path (default benchmarks/results/speed_<device>.json)')
-    parser.add_argument('--table-only', type=Path, metavar='JSON', help='only regenerate the markdown of a JSON')
-    parser.add_argument('--readme', type=Path, help='also rewrite the "speed" section of this README')
+    parser.add_argument('--table-only', type=Path, nargs='+', metavar='JSON',
+                        help='only regenerate the markdown of these JSONs (and with --readme their README section)')
+    parser.add_argument('--readme', type=Path,
+                        help='also rewrite the section of this README for the device: "speed" (CPU), "speed-cuda"')
     parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
     return parser
 
@@ -529,7 +542,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_probe_memory(setting))
         return 0
     if args.table_only:
-        print(f'wrote {write_table(args.table_only, args.readme)}')
+        print('wrote ' + ', '.join(map(str, write_tables(args.table_only, args.readme))))
         return 0
 
     for key, value in (QUICK if args.quick else FULL).items():
@@ -588,7 +601,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report['complete'] = len(report['results']) == len(planned)
         hardware['load_average_at_end'] = os.getloadavg()
         out.write_text(json.dumps(report, indent=1) + '\n')
-        write_table(out, args.readme)
+        write_tables([out], args.readme)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
