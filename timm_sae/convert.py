@@ -23,7 +23,7 @@ An SaE block (see ``timm_sae.squeeze_aggregated_excite``) computes ``shortcut + 
 """
 import dataclasses
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -90,41 +90,36 @@ def _sae_blocks(model: nn.Module) -> List[Tuple[str, str, SqueezeAggregatedExcit
 def _fits(model: nn.Module) -> str:
     """What converts into ``model``, for error messages."""
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-    options = []
-    if plain_twin(arch):
-        options.append(f'timm\'s {plain_twin(arch)} (plain, either gate)')
-    if se_source(arch):
-        options.append(f'timm\'s {se_source(arch)} (SE, with sae_residual=False)')
+    plain, se = plain_twin(arch), se_source(arch)
+    options = [f'timm\'s {plain} (plain, either gate)'] if plain else []
+    if se:
+        options.append(f'timm\'s {se} (SE, with sae_residual=False)')
     fits = ' or '.join(options) or 'no timm model: timm has neither a plain nor an SE twin of it'
     return f'{arch} converts from {fits}, built with the same num_classes / in_chans'
 
 
-def _some(names: List[str], limit: int = 4) -> str:
-    return ', '.join(names[:limit]) + (f' (+{len(names) - limit} more)' if len(names) > limit else '')
+def some_names(names: Sequence[str], limit: int = 5) -> str:
+    """The first few names of a list, and how many more there are."""
+    shown = ', '.join(names[:limit])
+    return f'{shown} (+{len(names) - limit} more)' if len(names) > limit else shown
 
 
-def _check_keys(
-        source: Mapping[str, torch.Tensor],
+def state_dict_mismatch(
         expected: Mapping[str, torch.Tensor],
-        adaptable: Iterable[str],
-        model: nn.Module,
-) -> None:
-    """Raise ``ConversionError`` unless ``source`` has exactly the keys and shapes of ``expected``.
-
-    Keys in ``adaptable`` (timm's classifier and first conv, which it adapts to num_classes / in_chans after the
-    filter) may differ in shape or be absent on either side.
-    """
-    adaptable = set(adaptable)
-    missing = sorted(k for k in expected.keys() - source.keys() if k not in adaptable)
-    unexpected = sorted(k for k in source.keys() - expected.keys() if k not in adaptable)
+        given: Mapping[str, torch.Tensor],
+        ignore: Iterable[str] = (),
+) -> str:
+    """How ``given`` differs from ``expected`` in keys and shapes ('N missing (...); N mis-shaped (...)'), '' when
+    it fits. Keys in ``ignore`` may differ in shape or be absent on either side."""
+    ignore = set(ignore)
+    missing = sorted(k for k in expected.keys() - given.keys() if k not in ignore)
+    unexpected = sorted(k for k in given.keys() - expected.keys() if k not in ignore)
     misshaped = sorted(
-        f'{k} {tuple(source[k].shape)} vs {tuple(expected[k].shape)}'
-        for k in expected.keys() & source.keys() - adaptable if source[k].shape != expected[k].shape)
-    if missing or unexpected or misshaped:
-        problems = '; '.join(
-            f'{len(names)} {what} ({_some(names)})'
-            for what, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names)
-        raise ConversionError(f'the weights do not fit: {problems}. {_fits(model)}')
+        f'{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}'
+        for k in expected.keys() & given.keys() - ignore if given[k].shape != expected[k].shape)
+    return '; '.join(
+        f'{len(names)} {what} ({some_names(names)})'
+        for what, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names)
 
 
 def _adaptable_keys(model: nn.Module) -> List[str]:
@@ -163,7 +158,11 @@ def convert_state_dict(
     attention = {k for k in target if '.se.' in k}
     source_attention = {k for k in source if '.se.' in k}
     expected = {k: v for k, v in target.items() if k not in attention}
-    _check_keys({k: v for k, v in source.items() if k not in source_attention}, expected, adaptable or (), model)
+    # timm adapts the classifier and first conv (adaptable) to num_classes / in_chans after the filter
+    problems = state_dict_mismatch(expected, {k: v for k, v in source.items() if k not in source_attention},
+                                   adaptable or ())
+    if problems:
+        raise ConversionError(f'the weights do not fit: {problems}. {_fits(model)}')
 
     converted = {k: v for k, v in source.items() if k not in source_attention}
     for prefix, norm, sae in blocks:
@@ -186,7 +185,7 @@ def convert_state_dict(
             se = {p: source.get(f'{layer}{p}') for p in ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')}
             absent = [layer + p for p, v in se.items() if v is None]
             if absent:
-                raise ConversionError(f'the SE weights lack {_some(absent)}; give a complete timm SE ResNet state dict')
+                raise ConversionError(f'the SE weights lack {some_names(absent)}; give a complete timm SE ResNet state dict')
             reduced = se['fc1.weight'].shape[0]
             if reduced > branch_w.shape[0]:
                 raise ConversionError(

@@ -52,7 +52,8 @@ from timm.models.resnet import ResNet
 from . import cards
 from .cards import CARD_NAME
 from .measure import describe, param_count
-from .convert import SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, source_kind
+from .convert import (
+    SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, some_names, source_kind, state_dict_mismatch)
 from .sae_resnet import _create_saeresnet
 
 __all__ = [
@@ -157,17 +158,11 @@ def read_checkpoint(path: PathLike, use_ema: bool = False) -> Checkpoint:
     not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise CheckpointError(
-            f'{path} is neither a state dict nor a timm checkpoint: {_some(not_tensors)} are not tensors')
+            f'{path} is neither a state dict nor a timm checkpoint: {some_names(not_tensors)} are not tensors')
     args = obj.get('args') if entry else None
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
     arch = obj.get('arch') if entry else None
     return Checkpoint(clean_state_dict(state_dict), arch if isinstance(arch, str) else None, args, entry)
-
-
-def _some(names: Sequence[str], limit: int = 5) -> str:
-    """The first few names of a list, and how many more there are."""
-    shown = ', '.join(names[:limit])
-    return f'{shown} (+{len(names) - limit} more)' if len(names) > limit else shown
 
 
 def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -180,18 +175,10 @@ def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str
 
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise ``CheckpointError`` naming missing, unexpected and mis-shaped keys unless ``state_dict`` fits ``model``."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    misshaped = sorted(
-        f'{k} {tuple(state_dict[k].shape)} vs {expected[k]}'
-        for k in expected.keys() & state_dict.keys() if tuple(state_dict[k].shape) != expected[k])
-    if missing or unexpected or misshaped:
-        problems = [
-            f'{len(names)} {kind} ({_some(names)})'
-            for kind, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names]
+    problems = state_dict_mismatch(model.state_dict(), state_dict)
+    if problems:
         raise CheckpointError(
-            f'the weights do not fit {what}: {"; ".join(problems)}; name the architecture with --model and its '
+            f'the weights do not fit {what}: {problems}; name the architecture with --model and its '
             f'arguments with --num-classes / --in-chans / --model-kwargs')
 
 
