@@ -7,9 +7,10 @@ each block's last BatchNorm weight, which would make every SaE input zero. ``tes
 checks that the SaE excitation moves the logits by far more than any tolerance below, so a route that
 dropped or mangled the gate would fail.
 
-The reference is the eager model under ``torch.no_grad``, i.e. the blocks' in-place inference tail
-(``timm_sae.blocks.gated_residual_add``); torch.export and the ONNX exporter built on it trace the
-out-of-place ``shortcut + x * scale`` branch, TorchScript compiles both. Exports use a batch-2 example
+The reference is the eager model under ``torch.no_grad``, i.e. the SaE layer gating in place and the
+Bottleneck squeezing its narrow conv3 input (``timm_sae.blocks``); torch.export and the ONNX exporter
+built on it trace the out-of-place ``x * scale``, TorchScript compiles both and squeezes the full-width
+map (the SE form, exact too). Exports use a batch-2 example
 (torch.export specialises size-1 dimensions) and run at batch 1 and 3.
 
 Tolerances: torch.export and TorchScript run the same ATen kernels as eager, so they are held to

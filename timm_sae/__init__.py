@@ -3,13 +3,12 @@
 ``import timm_sae`` registers the saeresnet* / saeresnext* family in timm's model registry.
 Paper: `Squeeze aggregated excitation network` - https://arxiv.org/abs/2308.13343
 """
-from .blocks import SaEBasicBlock, SaEBottleneck, gated_residual_add
+from .blocks import SaEBottleneck
 from .fuse import fuse_batchnorm
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 from . import sae_resnet  # registers the models with timm
 
 __version__ = '0.1.0'
 __all__ = [
-    'SqueezeAggregatedExcitation', 'SaEBasicBlock', 'SaEBottleneck', 'gated_residual_add', 'fuse_batchnorm',
-    '__version__',
+    'SqueezeAggregatedExcitation', 'SaEBottleneck', 'fuse_batchnorm', '__version__',
 ]

@@ -18,9 +18,9 @@ from typing import Any, Dict
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models.resnet import ResNet
+from timm.models.resnet import BasicBlock, ResNet
 
-from .blocks import SaEBasicBlock, SaEBottleneck
+from .blocks import SaEBottleneck
 from .convert import SAE_PAPER_ID, conversion_cfgs, no_weights_error, pretrained_filter
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
@@ -51,8 +51,10 @@ def _create_saeresnet(
         raise ValueError(
             f'{variant} sets block_args["attn_layer"] to SaE itself; use the sae_* arguments to '
             f'configure it, or a timm resnet for another attention layer')
+    # inplace: the blocks hand the layer their own fresh norm output, which nothing else holds
     block_args['attn_layer'] = partial(
-        SqueezeAggregatedExcitation, cardinality=sae_cardinality, rd_ratio=sae_rd_ratio, residual=sae_residual)
+        SqueezeAggregatedExcitation, cardinality=sae_cardinality, rd_ratio=sae_rd_ratio, residual=sae_residual,
+        inplace=True)
     return build_model_with_cfg(
         ResNet, variant, pretrained, pretrained_filter_fn=pretrained_filter, block_args=block_args, **kwargs)
 
@@ -104,7 +106,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def saeresnet18(pretrained: bool = False, **kwargs) -> ResNet:
     """SaE-ResNet-18, twin of seresnet18: basic blocks (2, 2, 2, 2), 7x7 stem."""
-    model_args = dict(block=SaEBasicBlock, layers=(2, 2, 2, 2))
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
     return _create_saeresnet('saeresnet18', pretrained, **dict(model_args, **kwargs))
 
 
@@ -125,7 +127,7 @@ def saeresnet26d(pretrained: bool = False, **kwargs) -> ResNet:
 @register_model
 def saeresnet34(pretrained: bool = False, **kwargs) -> ResNet:
     """SaE-ResNet-34, twin of seresnet34: basic blocks (3, 4, 6, 3), 7x7 stem."""
-    model_args = dict(block=SaEBasicBlock, layers=(3, 4, 6, 3))
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
     return _create_saeresnet('saeresnet34', pretrained, **dict(model_args, **kwargs))
 
 

@@ -14,6 +14,10 @@ For an input ``x`` of shape (N, C, H, W)::
 Every branch reads the same ``z``, so the k branches are one linear map C -> k*d followed by an
 element-wise activation. The layer stores them as a single ``nn.Linear`` (``fc_branches``) whose
 output rows ``i*d .. (i+1)*d - 1`` (weight rows and bias entries) belong to branch ``i``.
+
+Called as ``sae(x)`` it squeezes ``x`` itself, like timm's ``SEModule``. A caller that already has
+``z`` passes it, ``sae(x, z)``: the SaE Bottleneck computes it from its narrow conv3 input
+(``timm_sae.blocks``), so the squeeze never reads the full-width ``x``.
 """
 from typing import Optional, Type, Union
 
@@ -36,6 +40,8 @@ class SqueezeAggregatedExcitation(nn.Module):
         gate_layer: gate after the excitation (default sigmoid).
         residual: ``y = x * (1 + s)`` as in the author's code when True, plain SE gating
             ``y = x * s`` when False.
+        inplace: gate ``x`` in place when nothing needs it afterwards (no autograd, no tracing or
+            compiling), for callers that own ``x``, such as the SaE blocks with their BatchNorm output.
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class SqueezeAggregatedExcitation(nn.Module):
             act_layer: Union[str, Type[nn.Module]] = nn.ReLU,
             gate_layer: Union[str, Type[nn.Module]] = 'sigmoid',
             residual: bool = True,
+            inplace: bool = False,
             device=None,
             dtype=None,
     ):
@@ -67,23 +74,38 @@ class SqueezeAggregatedExcitation(nn.Module):
         self.cardinality = cardinality
         self.rd_channels = rd_channels
         self.residual = residual
+        self.inplace = inplace
         self.fc_branches = nn.Linear(channels, cardinality * rd_channels, bias=bias, **dd)
         self.act = create_act_layer(act_layer, inplace=True)
         self.fc_excite = nn.Linear(cardinality * rd_channels, channels, bias=bias, **dd)
         self.gate = create_act_layer(gate_layer)
 
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-channel multiplier of ``x``, shape (N, C, 1, 1): ``1 + s`` (or ``s``)."""
-        s = self.gate(self.fc_excite(self.act(self.fc_branches(x.mean((2, 3))))))
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
+        """The per-channel multiplier of ``x`` from its squeeze ``z`` (N, C): ``1 + s`` (or ``s``), (N, C, 1, 1)."""
+        s = self.gate(self.fc_excite(self.act(self.fc_branches(z))))
         if self.residual:
             s = s + 1.  # on the small (N, C) tensor, so that x is read once
         return s[:, :, None, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale(x)
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The gated map ``x * (1 + s)`` (or ``x * s``); ``z``: the squeeze ``mean_hw(x)`` if the caller has it."""
+        if z is None:
+            z = x.mean((2, 3))
+        scale = self.excite(z)
+        if self.inplace and _may_write_in_place(x, scale):
+            return x.mul_(scale)
+        return x * scale
 
     def extra_repr(self) -> str:
         return f'cardinality={self.cardinality}, rd_channels={self.rd_channels}, residual={self.residual}'
+
+
+def _may_write_in_place(x: torch.Tensor, scale: torch.Tensor) -> bool:
+    """True when autograd does not need ``x`` and no tracer or compiler records the op (they get ``x * scale``)."""
+    if not torch.jit.is_scripting():
+        if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+            return False
+    return not (x.requires_grad or scale.requires_grad)
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

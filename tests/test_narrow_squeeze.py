@@ -1,0 +1,209 @@
+"""The SaE Bottleneck's narrow squeeze (``timm_sae.blocks``) is exact, and the models stay as visible as
+timm's seresnet to the tools that look inside models.
+
+Exactness runs in float64, where the narrow and the SE form differ by rounding alone (about 1e-13), so
+the 1e-9 tolerance cannot hide a wrong formula; in float32 train-mode BatchNorm over a few values per
+channel amplifies rounding far more than any bug would need. The reference is the same model with the
+SE form everywhere (the SaE layer squeezes its full-width input). The train-mode narrow form, which runs
+under torch.compile, is forced in eager here by reporting a compiling state; ``test_models`` compiles it.
+Every architecture's blocks are checked one by one (each stage's first and last block, materialised from
+a meta-device model, so the largest networks cost milliseconds); whole models on five that hold every
+block variant.
+"""
+import copy
+from typing import Callable, Iterator, List
+
+import pytest
+import timm
+import torch
+from timm.models import create_feature_extractor as timm_feature_extractor
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor as tv_feature_extractor
+
+import timm_sae.blocks
+from timm_sae import SaEBottleneck, fuse_batchnorm
+from conftest import randomise_batchnorm
+
+FAMILY = timm.list_models('sae*')
+WHOLE_MODELS = ('saeresnet26', 'saeresnet26d', 'saeresnet50t', 'saeresnetaa50d', 'saeresnext26t_32x4d')
+F64_REL = 1e-9
+F32_REL = 1e-5
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    """Within ``rel`` of the expected tensor's largest magnitude."""
+    scale = float(expected.detach().abs().max())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=rel * max(scale, 1e-30))
+
+
+@pytest.fixture
+def narrow_calls(monkeypatch: pytest.MonkeyPatch) -> List[bool]:
+    """Records, per Bottleneck call, whether the narrow form ran (a test that never ran it proves nothing)."""
+    calls: List[bool] = []
+    narrow = timm_sae.blocks.narrow_squeeze
+
+    def recording(*args):
+        z = narrow(*args)
+        calls.append(z is not None)
+        return z
+
+    monkeypatch.setattr(timm_sae.blocks, 'narrow_squeeze', recording)
+    return calls
+
+
+@pytest.fixture
+def se_form(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable], object]:
+    """Runs a callable with the SE form of the squeeze everywhere (the reference)."""
+    def run(fn: Callable):
+        with monkeypatch.context() as patch:
+            patch.setattr(timm_sae.blocks, 'narrow_squeeze', lambda *args: None)
+            return fn()
+    return run
+
+
+@pytest.fixture
+def compiling(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
+    """``compiling(True)`` makes ``torch.compiler.is_compiling()`` report a compile, selecting the train-mode narrow form."""
+    def set_compiling(value: bool) -> None:
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: value)
+    yield set_compiling
+
+
+def _random_(module: nn.Module, seed: int) -> nn.Module:
+    """Seeded random parameters, BatchNorm statistics and affine maps, in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    module = module.to(torch.float64)  # on the meta device this allocates nothing
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if name.endswith('running_var'):
+                tensor.uniform_(0.5, 2., generator=generator)
+            elif name.endswith('num_batches_tracked'):
+                tensor.zero_()
+            elif tensor.dim() > 1:
+                tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
+            else:
+                tensor.uniform_(-0.5, 0.5, generator=generator)
+                if name.endswith('weight'):
+                    tensor.add_(1.)
+    return module
+
+
+def _outputs_and_grads(fn: Callable[[], torch.Tensor], module: nn.Module, inputs: torch.Tensor):
+    module.zero_grad(set_to_none=True)
+    inputs.grad = None
+    out = fn()
+    weights = torch.linspace(-1., 1., out.numel(), dtype=out.dtype).view_as(out)
+    (out * weights).sum().backward()
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    grads['input'] = inputs.grad
+    return out.detach(), grads
+
+
+def _check_against_se_form(module: nn.Module, x: torch.Tensor, se_form, rel: float) -> None:
+    out, grads = _outputs_and_grads(lambda: module(x), module, x)
+    ref_out, ref_grads = se_form(lambda: _outputs_and_grads(lambda: module(x), module, x))
+    assert_close_rel(out, ref_out, rel)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert ref_grads[name] is not None, name
+        assert_close_rel(grads[name], ref_grads[name], rel)
+
+
+def _checked_blocks(model: nn.Module) -> List[nn.Module]:
+    """Each stage's first block (stride, downsample) and last block (identity shortcut)."""
+    return [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in (stage[0], stage[-1])]
+
+
+@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+def test_blocks_match_se_form(name: str, training: bool, narrow_calls, se_form, compiling):
+    """Block outputs and the gradients of every parameter and of the input, eval and train mode."""
+    meta_model = timm.create_model(name, device='meta')
+    compiling(training)
+    for seed, meta_block in enumerate(_checked_blocks(meta_model)):
+        block = _random_(copy.deepcopy(meta_block).to(torch.float64).to_empty(device='cpu'), seed).train(training)
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(2, block.conv1.in_channels, 4, 4, generator=generator, dtype=torch.float64)
+        _check_against_se_form(block, x.requires_grad_(), se_form, F64_REL)
+    if isinstance(meta_model.layer1[0], SaEBottleneck):
+        assert narrow_calls and all(narrow_calls), 'the narrow form never ran'
+    else:
+        assert not narrow_calls  # BasicBlock: timm's own, SE form
+
+
+@pytest.mark.parametrize('name', WHOLE_MODELS)
+def test_models_match_se_form(name: str, narrow_calls, se_form, compiling):
+    """Logits and all gradients in eval and train mode (float64), channels_last and fuse_batchnorm (float32)."""
+    torch.manual_seed(0)
+    model = _random_(timm.create_model(name, num_classes=5), seed=0)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    for training in (False, True):
+        compiling(training)
+        _check_against_se_form(model.train(training), x, se_form, F64_REL)
+    compiling(False)
+    torch.manual_seed(0)
+    model = randomise_batchnorm(timm.create_model(name, num_classes=5))
+    x = x.detach().float()
+    with torch.no_grad():
+        reference = se_form(lambda: model(x))
+        assert_close_rel(model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last)),
+                         reference, F32_REL)
+        fused = fuse_batchnorm(model)
+        assert_close_rel(fused(x), se_form(lambda: fused(x)), F32_REL)
+    assert narrow_calls and all(narrow_calls)
+
+
+def test_eager_training_takes_the_se_form(narrow_calls):
+    """In eager training the narrow form would cost its own pass over the full-width tensor: not taken."""
+    model = timm.create_model('saeresnet26', num_classes=5).train()
+    model(torch.randn(2, 3, 64, 64))
+    assert narrow_calls and not any(narrow_calls)
+    model.eval()(torch.randn(1, 3, 64, 64))
+    assert any(narrow_calls)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tools that look inside models, side by side with timm's seresnet
+
+
+@pytest.mark.parametrize('se_name, sae_name', [('seresnet18', 'saeresnet18'), ('seresnet50', 'saeresnet50')])
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+@pytest.mark.filterwarnings('ignore:The nodes obtained by tracing the model in train mode are different')
+def test_tools_see_the_sae_layer_as_they_see_se(se_name: str, sae_name: str, training: bool):
+    """Forward hooks on ``.se`` fire once per block and see the gated map; torch.fx, torchvision's and
+    timm's feature extractors trace the models, give the eager outputs and the ``.se`` nodes' shapes
+    of seresnet."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    shapes = {}
+    for name in (se_name, sae_name):
+        torch.manual_seed(0)
+        model = randomise_batchnorm(timm.create_model(name, num_classes=5)).train(training)
+        blocks = [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]
+        seen = []
+        hooks = [block.se.register_forward_pre_hook(lambda m, args: seen.append([args[0].clone()]))
+                 for block in blocks]
+        hooks += [block.se.register_forward_hook(lambda m, args, out: seen[-1].append(out.clone()))
+                  for block in blocks]
+        with torch.no_grad():
+            eager = model(x)
+        for hook in hooks:
+            hook.remove()
+        assert len(seen) == len(blocks)
+        for (se_input, se_output), block in zip(seen, blocks):
+            assert se_output.shape == se_input.shape
+            if name == sae_name:
+                expected = se_input * block.se.excite(se_input.mean((2, 3)))
+                torch.testing.assert_close(se_output, expected)
+
+        traced = torch.fx.symbolic_trace(model)
+        nodes = ['layer1.0.se', f'layer4.{len(model.layer4) - 1}.se']
+        with torch.no_grad():
+            assert_close_rel(traced(x), eager, F32_REL)
+            tv_features = tv_feature_extractor(model, return_nodes=nodes + ['fc'])(x)
+            timm_features = timm_feature_extractor(model, return_nodes=nodes)(x)
+        assert_close_rel(tv_features['fc'], eager, F32_REL)
+        shapes[name] = [tuple(tv_features[n].shape) for n in nodes] + [tuple(timm_features[n].shape) for n in nodes]
+    assert shapes[sae_name] == shapes[se_name]
+    assert all(len(shape) == 4 for shape in shapes[sae_name])
