@@ -255,17 +255,17 @@ def _check_target(output_dir: Path, overwrite: bool) -> None:
 
 def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
     """Rename ``src`` to ``dst``; an existing ``dst`` (only with ``overwrite``) is swapped out, then deleted."""
-    _check_target(dst, overwrite)
-    if not dst.exists():
-        try:
+    try:
+        _check_target(dst, overwrite)  # checked before the export began: what is there now came meanwhile
+        if not dst.exists():
             os.rename(src, dst)
-        except OSError as e:
-            if not dst.exists():
-                raise
-            raise CheckpointError(
-                f'{dst} was written by another export at the same time, which won; choose another folder or pass '
-                f'--overwrite to replace it') from e
-        return
+            return
+    except (CheckpointError, OSError) as e:
+        if not dst.exists():
+            raise
+        raise CheckpointError(
+            f'{dst} was created by another export while this one was written, and is kept; choose another folder '
+            f'or pass --overwrite to replace it') from e
     old = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', suffix='.old', dir=dst.parent))
     os.replace(dst, old)
     try:
@@ -438,6 +438,12 @@ def _conversion_source(
         weights = ckpt.state_dict
         cfg['num_classes'], in_chans = _classes_and_chans(weights, cfg['classifier'], cfg['first_conv'], cfg['input_size'][0])
         cfg['input_size'] = (in_chans, *cfg['input_size'][1:])
+        if source_kind(weights) != 'sae':  # checked on the meta device, before the SaE model is built
+            source = timm.create_model(arch, device='meta', num_classes=cfg['num_classes'], in_chans=in_chans)
+            problems = state_dict_mismatch(source.state_dict(), weights)
+            if problems:
+                raise CheckpointError(f'the weights of {path.name} do not fit {arch}: {problems}; name the '
+                                      f'checkpoint\'s architecture with --model')
         return weights, cfg, path.name
     if source_model:
         raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
