@@ -308,3 +308,13 @@ def test_cli_convert_errors(source, pattern, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert pattern in err and err.count('\n') == 1 and not (tmp_path / 'out').exists()
     assert ('check the network' in err) == (source == 'resnet18.a1_in1k')
+
+
+def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
+    state_dict = timm.create_model('resnet18', num_classes=3).state_dict()
+    state_dict['layer1.0.bn2.running_var'][:2] = float('nan')
+    torch.save(state_dict, tmp_path / 'diverged.pth')
+    assert main(['convert', str(tmp_path / 'diverged.pth'), str(tmp_path / 'out'), '--model', 'resnet18']) == 1
+    err = capsys.readouterr().err
+    assert '1 of 122 tensors hold NaN or inf: layer1.0.bn2.running_var (2 NaN of 64)' in err and err.count('\n') == 1
+    assert not (tmp_path / 'out').exists()
