@@ -293,11 +293,28 @@ def test_cli_converts_an_se_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize('source,pattern', [
     ('resnet99.nothing', 'neither a file nor a timm model'),
     ('missing.pth', 'no such file'),
-    ('convnext_tiny', 'cannot load convnext_tiny'),
+    ('convnext_tiny', 'convnext_tiny has no SaE twin'),  # refused before any download
+    ('vit_base_patch16_224.augreg_in21k', 'vit_base_patch16_224 has no SaE twin'),
+    ('saeresnet50', 'saeresnet50 is an SaE model already'),
+    ('resnet50.nosuchtag', "timm has no tag 'nosuchtag' of resnet50; its tags are a1_in1k"),
+    ('resnet50t', 'timm has no pretrained weights of resnet50t'),
+    ('resnet18.a1_in1k', 'the Hugging Face Hub cannot be reached'),  # the one case for network advice
 ])
 def test_cli_convert_errors(source, pattern, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
     assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
                  str(tmp_path / 'out')]) == 1
-    assert pattern in capsys.readouterr().err and not (tmp_path / 'out').exists()
+    err = capsys.readouterr().err
+    assert pattern in err and err.count('\n') == 1 and not (tmp_path / 'out').exists()
+    assert ('check the network' in err) == (source == 'resnet18.a1_in1k')
+
+
+def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
+    state_dict = timm.create_model('resnet18', num_classes=3).state_dict()
+    state_dict['layer1.0.bn2.running_var'][:2] = float('nan')
+    torch.save(state_dict, tmp_path / 'diverged.pth')
+    assert main(['convert', str(tmp_path / 'diverged.pth'), str(tmp_path / 'out'), '--model', 'resnet18']) == 1
+    err = capsys.readouterr().err
+    assert '1 of 122 tensors hold NaN or inf: layer1.0.bn2.running_var (2 NaN of 64)' in err and err.count('\n') == 1
+    assert not (tmp_path / 'out').exists()

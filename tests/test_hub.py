@@ -168,6 +168,23 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(weights, tmp_path):
         assert list(out_parent.iterdir()) == [], name
 
 
+def test_nonfinite_weights_named_and_refused_unless_allowed(weights, tmp_path, capsys, caplog):
+    state_dict = weights[0].state_dict()
+    state_dict['conv1.weight'][0, 0, 0, 0] = float('inf')
+    state_dict['fc.bias'][:] = float('nan')
+    torch.save(state_dict, tmp_path / 'diverged.pth')
+    assert main(['export', str(tmp_path / 'diverged.pth'), str(tmp_path / 'out'), '--model', 'saeresnet18']) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and not (tmp_path / 'out').exists()
+    assert '2 of 154 tensors hold NaN or inf: conv1.weight (1 inf of 9408), fc.bias (3 NaN of 3)' in err
+    assert '--allow-nonfinite' in err
+    with caplog.at_level('WARNING', logger='timm_sae.weights_file'):
+        assert main(['export', str(tmp_path / 'diverged.pth'), str(tmp_path / 'out'), '--model', 'saeresnet18',
+                     '--allow-nonfinite']) == 0
+    assert 'fc.bias (3 NaN of 3)' in caplog.text
+    assert (tmp_path / 'out' / 'model.safetensors').is_file()
+
+
 def test_existing_folder_untouched_unless_overwrite(weights, tmp_path):
     target = tmp_path / 'out'
     target.mkdir()

@@ -23,7 +23,8 @@ def _export(args: argparse.Namespace) -> int:
     folder = export_checkpoint(
         args.checkpoint, args.output_dir, model_name=args.model, use_ema=args.ema, num_classes=args.num_classes,
         in_chans=args.in_chans, model_kwargs=args.model_kwargs, label_names=args.label_names,
-        results=args.card_results, overwrite=args.overwrite)
+        results=args.card_results, overwrite=args.overwrite,
+        allow_nonfinite=args.allow_nonfinite)
     print(f'exported {args.checkpoint} to {folder}')
     return 0
 
@@ -31,7 +32,7 @@ def _export(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     folder = export_conversion(
         args.source, args.output_dir, source_model=args.model, use_ema=args.ema, model_kwargs=args.model_kwargs,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite)
     print(f'converted {args.source} to {folder} (exact: the SaE layers are untrained until fine-tuned)')
     return 0
 
@@ -56,6 +57,11 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     result = run_demo(args.model, img_size=args.img_size, batch_size=args.batch_size, rounds=args.rounds)
     return 0 if result['ok'] else 1
+
+
+def _add_allow_nonfinite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--allow-nonfinite', action='store_true',
+                        help='keep weights that hold NaN or inf (default: refuse them, naming the tensors)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='entrypoint arguments, e.g. sae_cardinality=8')
     p.add_argument('--label-names', metavar='FILE', help='class names: a JSON list or one name a line')
     p.add_argument('--card-results', metavar='FILE', help='results file of the weights, for the model card')
+    _add_allow_nonfinite(p)
     p.set_defaults(func=_export)
 
     p = commands.add_parser(
@@ -98,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V',
                    help='SaE arguments, e.g. sae_cardinality=8 (an SE source gets sae_residual=False)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    _add_allow_nonfinite(p)
     p.set_defaults(func=_convert)
 
     p = commands.add_parser(

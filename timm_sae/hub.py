@@ -18,35 +18,27 @@ Registering a tag once its weights are on the Hub: add to ``default_cfgs`` in ``
 (full ids: timm completes only ``'timm/'`` itself) and commit ``hub_cards/saeresnet18.fmnist/``
 beside it; ``timm_sae.cards.check_cards`` (run by the tests) holds both to that.
 
-Pickles are never unpickled freely: ``.pth`` / ``.pth.tar`` / ``.bin`` files are read only with
-``torch.load(weights_only=True)``, which rebuilds tensors and plain containers and refuses any
-other Python object. timm's train.py checkpoints also hold their command line arguments as an
-``argparse.Namespace``; that one class is allowed (``torch.serialization.safe_globals``): it is
-a plain attribute bag whose unpickling runs no code of the file's choosing.
+Checkpoint files are read by ``timm_sae.weights_file``, which tells a file's kind by its bytes and never
+unpickles freely.
 """
-import argparse
 import hashlib
 import inspect
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import huggingface_hub
-import safetensors
-import safetensors.torch
 import timm
 import torch
 from huggingface_hub import HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 from timm.data.model_config import resolve_input_data_config
-from timm.models import clean_state_dict, get_pretrained_cfg, save_for_hf, split_model_name_tag
+from timm.models import get_pretrained_cfg, save_for_hf, split_model_name_tag
 from timm.models.resnet import ResNet
 
 from . import cards
@@ -54,7 +46,9 @@ from .cards import CARD_NAME
 from .measure import describe, param_count
 from .convert import (
     SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, some_names, source_kind, state_dict_mismatch)
+from .errors import CheckpointError, HubError, PushError, first_line
 from .sae_resnet import _create_saeresnet
+from .weights_file import Checkpoint, check_finite, read_checkpoint
 
 __all__ = [
     'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'HubError', 'CheckpointError', 'PushError', 'Checkpoint',
@@ -69,100 +63,8 @@ CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
 EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 
-# train.py arguments that describe the preprocessing the weights were trained with
-_DATA_ARGS = ('input_size', 'img_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
 # pretrained cfg fields that describe particular weights rather than the architecture and its preprocessing
 _DESCRIPTIVE_CFG_KEYS = ('tag', 'description', 'notes', 'license', 'paper_ids', 'paper_name', 'origin_url')
-
-
-class HubError(Exception):
-    """An export or push that cannot go ahead; the message says why and what to do."""
-
-
-class CheckpointError(HubError, ValueError):
-    """A checkpoint that cannot be read or does not fit the architecture."""
-
-
-class PushError(HubError, RuntimeError):
-    """An upload to the Hub that failed or was refused."""
-
-
-@dataclass
-class Checkpoint:
-    """Weights read from a checkpoint, with what the checkpoint says about them."""
-    state_dict: Dict[str, torch.Tensor]
-    arch: Optional[str] = None  # timm train.py's ``arch`` (its ``--model``)
-    args: Dict[str, Any] = field(default_factory=dict)  # train.py's arguments, when saved
-    entry: str = ''  # the entry the weights came from ('state_dict', 'state_dict_ema'), '' for a plain state dict
-
-
-def _load_file(path: Path) -> Any:
-    """The object in a checkpoint file, read without running code from the file."""
-    if not path.exists():
-        raise CheckpointError(
-            f'{path}: no such file; give a timm checkpoint (.pth.tar), a state dict or a .safetensors file')
-    if not path.is_file():
-        raise CheckpointError(f'{path} is not a file; give the checkpoint file itself')
-    if path.stat().st_size == 0:
-        raise CheckpointError(f'{path} is empty; was it written to the end?')
-    unreadable = f'{path} cannot be read as a PyTorch checkpoint'
-    if path.suffix == '.safetensors':
-        try:
-            return safetensors.torch.load_file(path, device='cpu')
-        except (safetensors.SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(
-                f'{path} is not a readable safetensors file ({_first_line(e)}); is it truncated?') from e
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'weights only' not in str(e).lower():
-            raise CheckpointError(f'{unreadable} ({_first_line(e)}); is it truncated?') from e
-        raise CheckpointError(
-            f'{path} holds pickled Python objects besides weights ({_unsafe_globals(path)}), which timm-sae '
-            f'does not unpickle (torch.load(weights_only=True) only); re-save its weights where it is trusted, '
-            f'with torch.save(model.state_dict(), ...) or safetensors') from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f'{unreadable} ({_first_line(e)}); is it truncated?') from e
-
-
-def _unsafe_globals(path: Path) -> str:
-    """The classes and functions a pickle would need beyond what weights_only allows, as far as torch can tell."""
-    try:
-        return ', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) or 'unknown'
-    except Exception:  # not a zip checkpoint: torch cannot list them
-        return 'unknown'
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def read_checkpoint(path: PathLike, use_ema: bool = False) -> Checkpoint:
-    """Weights of a timm train.py checkpoint (EMA ones with ``use_ema``), state dict or safetensors file.
-
-    DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped.
-    """
-    path = Path(path)
-    obj = _load_file(path)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a state dict or a timm checkpoint')
-    entry = ''
-    if use_ema:
-        entry = next((k for k in ('state_dict_ema', 'model_ema') if isinstance(obj.get(k), dict)), '')
-        if not entry:
-            raise CheckpointError(f'{path} has no EMA weights (state_dict_ema); export it without --ema')
-    elif any(isinstance(obj.get(k), dict) for k in ('state_dict', 'model')):
-        entry = 'state_dict' if isinstance(obj.get('state_dict'), dict) else 'model'
-    state_dict = obj[entry] if entry else obj
-    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise CheckpointError(
-            f'{path} is neither a state dict nor a timm checkpoint: {some_names(not_tensors)} are not tensors')
-    args = obj.get('args') if entry else None
-    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    arch = obj.get('arch') if entry else None
-    return Checkpoint(clean_state_dict(state_dict), arch if isinstance(arch, str) else None, args, entry)
 
 
 def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -207,25 +109,29 @@ def model_from_checkpoint(
         kwargs.setdefault('global_pool', args['gp'])
     cfg = get_pretrained_cfg(model_name)
     weights = checkpoint.state_dict
-    if num_classes is None:
-        num_classes = args.get('num_classes')
-    if num_classes is None:
-        classifier = weights.get(f'{cfg.classifier}.weight')
-        num_classes = 0 if classifier is None else classifier.shape[0]
-    if in_chans is None:
-        in_chans = args.get('in_chans')
-    if in_chans is None:
-        first_conv = weights.get(f'{cfg.first_conv}.weight')
-        in_chans = 3 if first_conv is None else first_conv.shape[1]
+    shape_classes, shape_chans = _classes_and_chans(weights, cfg.classifier, cfg.first_conv, 3)
+    num_classes = next(n for n in (num_classes, args.get('num_classes'), shape_classes) if n is not None)
+    in_chans = next(n for n in (in_chans, args.get('in_chans'), shape_chans) if n is not None)
     kwargs.update(num_classes=num_classes, in_chans=in_chans)
     try:
         model = timm.create_model(model_name, device='meta', **kwargs)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f'{model_name} cannot be built with {kwargs}: {_first_line(e)}') from e
+        raise CheckpointError(f'{model_name} cannot be built with {kwargs}: {first_line(e)}') from e
     what = f'{model_name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
     check_state_dict(model, weights, what)
-    model.load_state_dict(weights, assign=True)
+    try:
+        model.load_state_dict(weights, assign=True)
+    except (RuntimeError, ValueError) as e:  # e.g. integer tensors where the model has parameters
+        raise CheckpointError(f'the weights do not load into {what}: {first_line(e)}') from e
     return model.eval()
+
+
+def _classes_and_chans(
+        weights: Mapping[str, torch.Tensor], classifier: str, first_conv: str, default_chans: int) -> Tuple[int, int]:
+    """(classes, input channels) the shapes of the classifier and first conv weights give (0 classes without one)."""
+    head, stem = weights.get(f'{classifier}.weight'), weights.get(f'{first_conv}.weight')
+    return (head.shape[0] if head is not None and head.dim() == 2 else 0,
+            stem.shape[1] if stem is not None and stem.dim() == 4 else default_chans)
 
 
 def read_label_names(path: PathLike, num_classes: int) -> List[str]:
@@ -317,7 +223,7 @@ def save_export(
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, ValueError)) and not isinstance(e, HubError):
-            raise CheckpointError(f'cannot write the export to {output_dir}: {_first_line(e)}') from e
+            raise CheckpointError(f'cannot write the export to {output_dir}: {first_line(e)}') from e
         raise
     finally:
         model.pretrained_cfg = registry_cfg
@@ -349,10 +255,17 @@ def _check_target(output_dir: Path, overwrite: bool) -> None:
 
 def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
     """Rename ``src`` to ``dst``; an existing ``dst`` (only with ``overwrite``) is swapped out, then deleted."""
-    _check_target(dst, overwrite)
-    if not dst.exists():
-        os.rename(src, dst)
-        return
+    try:
+        _check_target(dst, overwrite)  # checked before the export began: what is there now came meanwhile
+        if not dst.exists():
+            os.rename(src, dst)
+            return
+    except (CheckpointError, OSError) as e:
+        if not dst.exists():
+            raise
+        raise CheckpointError(
+            f'{dst} was created by another export while this one was written, and is kept; choose another folder '
+            f'or pass --overwrite to replace it') from e
     old = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', suffix='.old', dir=dst.parent))
     os.replace(dst, old)
     try:
@@ -379,6 +292,7 @@ def export_checkpoint(
         label_names: Optional[PathLike] = None,
         results: Optional[PathLike] = None,
         overwrite: bool = False,
+        allow_nonfinite: bool = False,
 ) -> Path:
     """Export a checkpoint to a Hub-ready folder (see ``save_export``).
 
@@ -393,22 +307,19 @@ def export_checkpoint(
         label_names: file of class names (JSON list or one a line) for ``config.json``.
         results: results file (``hub_cards/<arch>.<tag>/results.json``) for the model card.
         overwrite: replace an existing ``output_dir``.
+        allow_nonfinite: export weights with NaN or inf (logged) instead of refusing them.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
     ckpt = read_checkpoint(checkpoint, use_ema=use_ema)
+    check_finite(ckpt.state_dict, str(checkpoint), allow_nonfinite)
     model = model_from_checkpoint(ckpt, model_name, num_classes, in_chans, model_kwargs)
     names = read_label_names(label_names, model.num_classes) if label_names else None
     results = cards.load_results(results) if results else None
     model_args = {**(ckpt.args.get('model_kwargs') or {}), **(model_kwargs or {})}
     return save_export(
-        model, output_dir, model_args, _data_config(ckpt), names, results, license=_inherited_license(ckpt),
+        model, output_dir, model_args, ckpt.data_config, names, results, license=_inherited_license(ckpt),
         overwrite=overwrite)
-
-
-def _data_config(checkpoint: Checkpoint) -> Dict[str, Any]:
-    """The preprocessing a train.py checkpoint was trained with, in train.py's argument names."""
-    return {k: checkpoint.args[k] for k in _DATA_ARGS if checkpoint.args.get(k) not in (None, '')}
 
 
 def _inherited_license(checkpoint: Checkpoint) -> Optional[str]:
@@ -427,6 +338,7 @@ def export_conversion(
         use_ema: bool = False,
         model_kwargs: Optional[Mapping[str, Any]] = None,
         overwrite: bool = False,
+        allow_nonfinite: bool = False,
 ) -> Path:
     """Export the exact SaE conversion of plain or SE ResNet weights (``timm_sae.convert``) as a Hub folder.
 
@@ -440,20 +352,21 @@ def export_conversion(
         model_kwargs: SaE arguments (``sae_cardinality``, ``sae_rd_ratio``, ``sae_residual``); an SE source
             defaults to ``sae_residual=False``, the only exact gate for it.
         overwrite: replace an existing ``output_dir``.
+        allow_nonfinite: convert weights with NaN or inf (logged) instead of refusing them.
 
-    The SaE model is built through timm's own pretrained loading (the path of the registered conversion tags),
+    Names are checked before anything is read or downloaded: the source architecture must have an SaE twin,
+    and a timm tag must exist. The SaE model is built through timm's own pretrained loading (the path of the registered conversion tags),
     with the source's classes, input channels, preprocessing and license, and its SaE branches initialised from
     seed 0, so that a conversion is reproducible.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
     state_dict, source_cfg, name = _conversion_source(source, source_model, use_ema)
-    arch, kind = source_cfg['architecture'], source_kind(state_dict)
-    target = sae_twin(arch)
-    if kind == 'sae' or target is None:
-        raise CheckpointError(
-            f'{name} holds SaE weights already; export them with timm-sae export' if kind == 'sae' else
-            f'{arch} has no SaE twin in timm-sae; convert one of timm\'s ResNets of the family (timm-sae list)')
+    kind = source_kind(state_dict)
+    if kind == 'sae':
+        raise CheckpointError(f'{name} holds SaE weights already; export them with timm-sae export')
+    target = _sae_target(source_cfg['architecture'])
+    check_finite(state_dict, name, allow_nonfinite)
     sae_kwargs = {**({'sae_residual': False} if kind == 'se' else {}), **(model_kwargs or {})}
     cfg = converted_cfg(source_cfg, name)
     torch.manual_seed(0)
@@ -462,9 +375,49 @@ def export_conversion(
             target, pretrained=True, pretrained_cfg=cfg, pretrained_cfg_overlay=dict(state_dict=state_dict),
             num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
     except (ConversionError, TypeError) as e:
-        raise CheckpointError(f'{name} -> {target}: {_first_line(e)}') from e
+        raise CheckpointError(f'{name} -> {target}: {first_line(e)}') from e
     return save_export(
         model.eval(), output_dir, sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg), overwrite=overwrite)
+
+
+def _sae_target(arch: str) -> str:
+    """The SaE twin a source architecture converts into; ``CheckpointError`` when it has none."""
+    if arch in timm.list_models(module='sae_resnet'):
+        raise CheckpointError(f'{arch} is an SaE model already; export its weights with timm-sae export')
+    target = sae_twin(arch)
+    if target is None:
+        raise CheckpointError(
+            f'{arch} has no SaE twin in timm-sae; convert weights of one of timm\'s plain or SE ResNets of the '
+            f'family (timm-sae list shows them)')
+    return target
+
+
+def _check_timm_name(source: str) -> None:
+    """Refuse, before any download, a timm name whose architecture has no SaE twin or whose tag timm lacks."""
+    arch, tag = split_model_name_tag(source)
+    if not timm.is_model(arch):
+        raise CheckpointError(
+            f'{source} is neither a file nor a timm model; give a checkpoint or a timm name with tag such as '
+            f'resnet50.a1_in1k (timm.list_pretrained(\'resnet50.*\') lists them)')
+    _sae_target(arch)
+    tags = [name.split('.', 1)[1] for name in timm.list_pretrained(f'{arch}.*')]
+    if not tags:
+        raise CheckpointError(f'timm has no pretrained weights of {arch}; give a checkpoint file of it with --model {arch}')
+    if tag and tag not in tags:
+        raise CheckpointError(f'timm has no tag {tag!r} of {arch}; its tags are {some_names(tags, 8)}')
+
+
+# errors of reaching the Hub (huggingface_hub's, the builtin ones, and its HTTP client's transport errors by name)
+_NETWORK_ERRORS = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+_NETWORK_ERROR_NAMES = {'TransportError', 'ConnectionError', 'Timeout', 'TimeoutException'}
+
+
+def _load_error(source: str, error: Exception) -> str:
+    """What went wrong loading ``source`` from timm; network advice only for errors of reaching the Hub."""
+    if isinstance(error, _NETWORK_ERRORS) or _NETWORK_ERROR_NAMES & {c.__name__ for c in type(error).__mro__}:
+        return (f'cannot load {source}: the Hugging Face Hub cannot be reached and the weights are not in its cache '
+                f'({type(error).__name__}); check the network, HF_HUB_OFFLINE and HF_HUB_CACHE')
+    return f'cannot load {source} ({type(error).__name__}: {first_line(error)})'
 
 
 def _conversion_source(
@@ -472,39 +425,47 @@ def _conversion_source(
     """(state dict, pretrained cfg, display name) of a conversion source (see ``export_conversion``)."""
     path = Path(source)
     if path.is_file() or path.suffix in ('.pth', '.tar', '.bin', '.safetensors', '.pt'):
+        if source_model:
+            _check_source_arch(source_model)
         ckpt = read_checkpoint(path, use_ema=use_ema)
         arch = source_model or ckpt.args.get('model') or ckpt.arch
         if not arch:
             raise CheckpointError(f'{path} does not name its architecture; give it with --model (e.g. resnet50)')
-        arch = split_model_name_tag(arch)[0]
-        if not timm.is_model(arch):
-            raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
+        arch = _check_source_arch(arch)
         cfg = {k: v for k, v in get_pretrained_cfg(arch).to_dict().items()
                if k not in _DESCRIPTIVE_CFG_KEYS + ('hf_hub_id', 'url')}
-        cfg.update(architecture=arch, **_data_config(ckpt))
+        cfg.update(architecture=arch, **ckpt.data_config)
         weights = ckpt.state_dict
-        classifier, first_conv = weights.get(f"{cfg['classifier']}.weight"), weights.get(f"{cfg['first_conv']}.weight")
-        cfg['num_classes'] = 0 if classifier is None else classifier.shape[0]
-        in_chans = cfg['input_size'][0] if first_conv is None else first_conv.shape[1]
+        cfg['num_classes'], in_chans = _classes_and_chans(weights, cfg['classifier'], cfg['first_conv'], cfg['input_size'][0])
         cfg['input_size'] = (in_chans, *cfg['input_size'][1:])
+        if source_kind(weights) != 'sae':  # checked on the meta device, before the SaE model is built
+            source = timm.create_model(arch, device='meta', num_classes=cfg['num_classes'], in_chans=in_chans)
+            problems = state_dict_mismatch(source.state_dict(), weights)
+            if problems:
+                raise CheckpointError(f'the weights of {path.name} do not fit {arch}: {problems}; name the '
+                                      f'checkpoint\'s architecture with --model')
         return weights, cfg, path.name
     if source_model:
         raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
-    model_name = source.split(':', 1)[1].split('/')[-1] if source.startswith('hf-hub:') else source
-    if not source.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(split_model_name_tag(model_name)[0]):
-        raise CheckpointError(
-            f'{source} is neither a file nor a timm model; give a checkpoint or a timm name with tag such as '
-            f'resnet50.a1_in1k (timm.list_pretrained(\'resnet50.*\') lists them)')
+    if not source.startswith(('hf-hub:', 'local-dir:')):
+        _check_timm_name(source)
     try:
         model = timm.create_model(source, pretrained=True)
     except Exception as e:  # Hub, cache and network failures, whichever client raised them
-        raise CheckpointError(
-            f'cannot load {source} ({type(e).__name__}: {_first_line(e)}); timm reads it from the Hugging Face Hub '
-            f'or its cache: check the network, HF_HUB_OFFLINE and HF_HUB_CACHE') from e
+        raise CheckpointError(_load_error(source, e)) from e
     cfg = dict(model.pretrained_cfg)
     if source.startswith(('hf-hub:', 'local-dir:')) or not cfg.get('tag'):
         return model.state_dict(), cfg, source
     return model.state_dict(), cfg, f"{cfg['architecture']}.{cfg['tag']}"
+
+
+def _check_source_arch(name: str) -> str:
+    """The architecture a checkpoint source names (tag dropped), refused unless it is a timm model with an SaE twin."""
+    arch = split_model_name_tag(name)[0]
+    if not timm.is_model(arch):
+        raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
+    _sae_target(arch)
+    return arch
 
 
 def push_folder(
@@ -532,7 +493,7 @@ def push_folder(
     try:
         validate_repo_id(repo_id)
     except ValueError as e:
-        raise PushError(f'--repo-id {repo_id!r} is not a Hub repository id: {_first_line(e)}') from e
+        raise PushError(f'--repo-id {repo_id!r} is not a Hub repository id: {first_line(e)}') from e
     if '/' not in repo_id:
         raise PushError(f'--repo-id {repo_id!r} needs its owner: ORG/NAME or USER/NAME')
     token = token or get_token()
@@ -553,7 +514,7 @@ def push_folder(
         raise PushError(_http_error_message(e, repo_id)) from e
     except Exception as e:  # network and transport failures, whichever HTTP client huggingface_hub uses
         raise PushError(
-            f'could not reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}); check the network '
+            f'could not reach the Hugging Face Hub ({type(e).__name__}: {first_line(e)}); check the network '
             f'(HF_ENDPOINT, proxies, HF_HUB_OFFLINE) and push again') from e
 
 
@@ -565,7 +526,7 @@ def _http_error_message(error: HfHubHTTPError, repo_id: str) -> str:
     if status == 403:
         return (f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
                 f'{repo_id.split("/")[0]}')
-    return f'the Hub refused the push to {repo_id} ({_first_line(error)})'
+    return f'the Hub refused the push to {repo_id} ({first_line(error)})'
 
 
 def layout_hub_cache(
