@@ -90,7 +90,9 @@ class SqueezeAggregatedExcitation(nn.Module):
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The gated map ``x * (1 + s)`` (or ``x * s``); ``z``: the squeeze ``mean_hw(x)`` if the caller has it."""
         if z is None:
-            z = x.mean((2, 3))
+            # the mean as a sum scaled on the small tensor: mean's backward divides a full-width expanded
+            # gradient, sum's stays an expanded view
+            z = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
         scale = self.excite(z)
         if self.inplace and _may_write_in_place(x, scale):
             return x.mul_(scale)
