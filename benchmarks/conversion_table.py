@@ -19,7 +19,7 @@ import timm
 from timm.models import get_pretrained_cfg
 
 import timm_sae  # noqa: F401  (registers the SaE family and its conversion tags)
-from timm_sae.convert import loads_se_weights
+from timm_sae.convert import is_non_commercial, loads_se_weights
 
 from readme_sections import update_readme_section
 
@@ -59,7 +59,7 @@ def table(results: Dict[str, dict], defaults_only: bool = False) -> List[str]:
             at = row['img_size'] if row else '-'
             label = f'`{name}`' + (' (default)' if name == f'{arch}.{default}' else '')
             gate = 'x * s (SE source)' if loads_se_weights(arch, vars(cfg)) else 'x * (1 + s)'
-            license = (cfg.license or '-') + (' (non-commercial)' if '-nc' in (cfg.license or '') else '')
+            license = (cfg.license or '-') + (' (non-commercial)' if is_non_commercial(cfg.license) else '')
             lines.append(f'| {label} | [`{source}`](https://huggingface.co/{cfg.hf_hub_id}) | {gate} | {license} '
                          f'| {size} | {top1} | {at} |')
     return lines

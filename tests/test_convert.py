@@ -20,6 +20,7 @@ from conftest import randomise_batchnorm
 from timm_sae import convert, hub
 from timm_sae.cli import main
 from timm_sae.demo import EXACT_RTOL
+from timm_sae.family import family_table
 from timm_sae.measure import param_count
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -442,3 +443,15 @@ def test_cli_convert_errors(source, pattern, tmp_path, capsys, monkeypatch):
     assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
                  str(tmp_path / 'out')]) == 1
     assert pattern in capsys.readouterr().err and not (tmp_path / 'out').exists()
+
+
+def test_family_table_shows_default_license_and_tags_by_source(monkeypatch):
+    """``timm-sae list``: the default tag's license (non-commercial said so), and tags of plain + SE weights."""
+    monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: [
+        'saeresnet50', 'saeresnext26d_32x4d', 'saeresnext101_32x4d', 'saeresnet50t'])
+    rows = {line.split(' | ')[0][2:]: line for line in family_table()[2:]}
+    assert rows['saeresnet50'].endswith('| resnet50_a1_in1k | apache-2.0 | 19 + 4 |')
+    assert rows['saeresnext26d_32x4d'].endswith('| seresnext26d_32x4d_bt_in1k | apache-2.0 | 0 + 1 |')
+    assert rows['saeresnext101_32x4d'].endswith(
+        '| resnext101_32x4d_fb_ssl_yfcc100m_ft_in1k | cc-by-nc-4.0 (non-commercial) | 3 + 1 |')
+    assert rows['saeresnet50t'].endswith('| untrained | apache-2.0 | 0 + 0 |')

@@ -38,7 +38,8 @@ from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 __all__ = [
     'SAE_PAPER_ID', 'ConversionError', 'source_kind', 'plain_twin', 'se_source', 'sae_twin', 'convert_state_dict',
     'pretrained_filter', 'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs', 'conversion_tag',
-    'no_weights_error', 'weights_location', 'loads_se_weights', 'pretrained_gate', 'train_args_gate',
+    'no_weights_error', 'weights_location', 'loads_se_weights', 'is_non_commercial', 'pretrained_gate',
+    'train_args_gate',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -230,12 +231,17 @@ def loads_se_weights(sae_arch: str, cfg: Mapping[str, Any]) -> bool:
     return bool(hub and se) and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
 
 
+def is_non_commercial(license: Optional[str]) -> bool:
+    """Whether a Hub license id forbids commercial use (``cc-by-nc-4.0``, ``cc-by-nc-sa-4.0``, ...)."""
+    return '-nc' in (license or '').lower()
+
+
 def _license_note(cfg: Mapping[str, Any]) -> str:
     """The license of the loaded weights as the cfg knows it, saying so where it forbids commercial use."""
     if not _hub_weights(cfg) and not cfg.get('url'):
         return 'license: that of the source of these weights'
-    license = cfg.get('license') or 'not stated'
-    return f'license {license}' + (': NON-COMMERCIAL use only' if '-nc' in license.lower() else '')
+    license = cfg.get('license')
+    return f'license {license or "not stated"}' + (': NON-COMMERCIAL use only' if is_non_commercial(license) else '')
 
 
 def _gate_note(kind: str, residual: bool) -> str:
