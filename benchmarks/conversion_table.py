@@ -19,6 +19,7 @@ import timm
 from timm.models import get_pretrained_cfg
 
 import timm_sae  # noqa: F401  (registers the SaE family and its conversion tags)
+from timm_sae.convert import is_non_commercial, loads_se_weights
 
 from readme_sections import update_readme_section
 
@@ -42,8 +43,8 @@ def converted_archs() -> List[str]:
 def table(results: Dict[str, dict], defaults_only: bool = False) -> List[str]:
     """Markdown rows: one registered conversion tag a row, the default tag of each architecture first."""
     lines = [
-        '| SaE tag | source weights (timm) | license | train / test size | source top-1 (timm) | at size |',
-        '|---|---|---|---|---:|---:|',
+        '| SaE tag | source weights (timm) | gate built | license | train / test size | source top-1 (timm) | at size |',
+        '|---|---|---|---|---|---:|---:|',
     ]
     for arch in converted_archs():
         default = get_pretrained_cfg(arch).tag
@@ -57,7 +58,9 @@ def table(results: Dict[str, dict], defaults_only: bool = False) -> List[str]:
             top1 = f"{float(row['top1']):.2f}" if row else '-'
             at = row['img_size'] if row else '-'
             label = f'`{name}`' + (' (default)' if name == f'{arch}.{default}' else '')
-            lines.append(f'| {label} | [`{source}`](https://huggingface.co/{cfg.hf_hub_id}) | {cfg.license or "-"} '
+            gate = 'x * s (SE source)' if loads_se_weights(arch, vars(cfg)) else 'x * (1 + s)'
+            license = (cfg.license or '-') + (' (non-commercial)' if is_non_commercial(cfg.license) else '')
+            lines.append(f'| {label} | [`{source}`](https://huggingface.co/{cfg.hf_hub_id}) | {gate} | {license} '
                          f'| {size} | {top1} | {at} |')
     return lines
 
@@ -66,8 +69,11 @@ def summary(results: Dict[str, dict]) -> str:
     """What the tables hold and where their figures come from."""
     tags = timm.list_pretrained('sae*')
     known = sum(get_pretrained_cfg(name).hf_hub_id.split('/', 1)[1] in results for name in tags)
+    se = sum(loads_se_weights(name.split('.')[0], vars(get_pretrained_cfg(name))) for name in tags)
     return (
-        f'{len(tags)} tags over {len(converted_archs())} architectures (timm {timm.__version__}). Source top-1: '
+        f'{len(tags)} tags over {len(converted_archs())} architectures (timm {timm.__version__}): {len(tags) - se} of '
+        f'plain ResNet weights, which load into SaE\'s residual gate x * (1 + s), and {se} of SE-ResNet weights, which '
+        f'load into the plain gate x * s (`sae_residual=False`, the only gate they convert into exactly). Source top-1: '
         f'timm\'s ImageNet-1k validation figure for the source weights, from timm\'s `results/results-imagenet.csv` '
         f'(`benchmarks/sources/`), at its evaluation size; {known} of the {len(tags)} sources are in that file. '
         'They are timm\'s measurements of the sources, not ours of the conversions (which compute the same function).')

@@ -20,16 +20,27 @@ from conftest import randomise_batchnorm
 from timm_sae import convert, hub
 from timm_sae.cli import main
 from timm_sae.demo import EXACT_RTOL
+from timm_sae.family import family_table
 from timm_sae.measure import param_count
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 SIZE = 64
-PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every registered conversion tag
-    (name.split('.')[0], convert.plain_twin(name.split('.')[0])) for name in timm.list_pretrained('sae*')})
+
+
+def _is_se_sourced(name: str) -> bool:
+    return convert.loads_se_weights(name.split('.')[0], vars(get_pretrained_cfg(name)))
+
+
+TAGS = timm.list_pretrained('sae*')
+SE_SOURCED = [name for name in TAGS if _is_se_sourced(name)]
+PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every conversion tag of plain weights
+    (name.split('.')[0], convert.plain_twin(name.split('.')[0])) for name in TAGS if name not in SE_SOURCED})
 SE_PAIRS = sorted(  # (SaE architecture, timm SE twin) where timm has SE weights
     (name, convert.se_source(name)) for name in timm.list_models('sae*')
     if convert.se_source(name) and timm.list_pretrained(f'{convert.se_source(name)}.*'))
+SE_DEFAULT_TAGS = [  # (the conversion of the SE twin's default tag, the SE twin) of every architecture with one
+    (f"{name}.{convert.conversion_tag(f'{se}.{get_pretrained_cfg(se).tag}')}", se) for name, se in SE_PAIRS]
 SMALL = ('saeresnet18', 'saeresnet26', 'saeresnet26d', 'saeresnext26d_32x4d', 'saeresnext26t_32x4d')
 
 
@@ -67,7 +78,8 @@ def _converted(source: nn.Module, name: str, **kwargs) -> nn.Module:
 
 def test_every_conversion_tag_has_a_pair():
     assert len(PLAIN_PAIRS) == 15 and all(source for _, source in PLAIN_PAIRS)
-    assert len(SE_PAIRS) >= 10
+    assert len(SE_PAIRS) == 11 and len(SE_SOURCED) == 19 and len(TAGS) == 82 + 19
+    assert {name.split('.')[0] for name in SE_SOURCED} == {name for name, _ in SE_PAIRS}
 
 
 @pytest.mark.parametrize('name,source', _by_size(PLAIN_PAIRS))
@@ -158,13 +170,14 @@ def test_one_step_moves_the_sae_layers():
 # registered tags: timm's cfgs, and timm's own Hub loading from a cache laid out like timm's repositories
 
 
-@pytest.mark.parametrize('name', timm.list_pretrained('sae*'))
+@pytest.mark.parametrize('name', TAGS)
 def test_tag_carries_the_source_cfg(name):
     arch, tag = name.split('.')
-    source = convert.plain_twin(arch)
-    assert tag.startswith(f'{source}_')
-    source_cfg = get_pretrained_cfg(f'{source}.{tag[len(source) + 1:]}')
     cfg = get_pretrained_cfg(name)
+    source = cfg.hf_hub_id.split('/', 1)[1]
+    assert source.split('.')[0] == (convert.se_source if name in SE_SOURCED else convert.plain_twin)(arch)
+    assert tag == convert.conversion_tag(source)
+    source_cfg = get_pretrained_cfg(source)
     assert cfg.hf_hub_id == source_cfg.hf_hub_id == f'timm/{source_cfg.architecture}.{source_cfg.tag}'
     assert not cfg.url and not cfg.file
     for key in ('input_size', 'test_input_size', 'crop_pct', 'test_crop_pct', 'crop_mode', 'interpolation',
@@ -201,7 +214,8 @@ def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
         model = timm.create_model(name, pretrained=True)
     assert _relative_error(model, sources[source]) <= EXACT_RTOL
     (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
-    assert 'exact conversion of plain ResNet weights' in line and f'timm/{source}.' in line and 'untrained' in line
+    assert f'exact conversion of plain ResNet weights timm/{source}.' in line and '(license apache-2.0)' in line
+    assert 'into the residual gate x * (1 + s)' in line and 'untrained' in line
 
 
 def test_pretrained_with_num_classes_in_chans_and_features(timm_hub):
@@ -230,10 +244,138 @@ def test_pretrained_with_num_classes_in_chans_and_features(timm_hub):
 
 
 def test_pretrained_without_weights_says_what_exists():
-    with pytest.raises(RuntimeError, match=r"seresnext26d_32x4d\.bt_in1k.*sae_residual=False"):
-        timm.create_model('saeresnext26d_32x4d', pretrained=True)
-    with pytest.raises(RuntimeError, match='nor of an SE twin; use pretrained=False'):
+    with pytest.raises(RuntimeError, match='no weights of its plain or SE twin to convert; use pretrained=False'):
         timm.create_model('saeresnet50t', pretrained=True)
+    with pytest.raises(RuntimeError, match=r'saeresnet18 names no weights; its tags with weights: saeresnet18\.'):
+        timm.create_model('saeresnet18', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=None, url=None))
+
+
+def test_twenty_architectures_load_pretrained_weights():
+    """pretrained=True loads a conversion for all but the two architectures timm has no twin weights of."""
+    without = [name for name in timm.list_models('sae*') if not get_pretrained_cfg(name).has_weights]
+    assert without == ['saeresnet50t', 'saeresnet269d'] and len(timm.list_models('sae*')) - len(without) == 20
+    for name, se in SE_PAIRS:  # the SE twin's default tag is the default where timm has no plain weights
+        plain = convert.plain_twin(name)
+        expected = f'{plain}.{get_pretrained_cfg(plain).tag}' if plain else f'{se}.{get_pretrained_cfg(se).tag}'
+        assert get_pretrained_cfg(name).tag == convert.conversion_tag(expected), name
+
+
+def _se_hub(root, se: str, seed: int = 0):
+    """A Hub cache holding a seeded stand-in for timm's default tag of the SE ResNet ``se``, and the stand-in."""
+    source = _source(se, seed=seed)
+    folder = root / se
+    folder.mkdir()
+    save_file(source.state_dict(), folder / hub.WEIGHTS_NAME)
+    hub.layout_hub_cache(folder, root / 'hub', get_pretrained_cfg(se).hf_hub_id)
+    return root / 'hub', source
+
+
+@pytest.mark.parametrize('name,source', _by_size(SE_DEFAULT_TAGS))
+def test_se_tag_loads_the_exact_conversion_with_the_plain_gate(name, source, tmp_path, caplog):
+    cache, reference = _se_hub(tmp_path, source)
+    with hub.offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+        model = timm.create_model(name, pretrained=True)
+    assert all(not m.residual for m in model.modules() if isinstance(m, timm_sae.SqueezeAggregatedExcitation))
+    assert _relative_error(model, reference) <= EXACT_RTOL
+    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
+    assert f'exact conversion of SE ResNet weights {get_pretrained_cfg(source).hf_hub_id} (license ' in line
+    assert 'into the plain gate x * s (sae_residual=False), the only gate SE weights convert into exactly' in line
+
+
+@pytest.fixture(scope='module')
+def se_hub(tmp_path_factory):
+    """A Hub cache holding a seeded stand-in for timm/seresnext26d_32x4d.bt_in1k."""
+    return _se_hub(tmp_path_factory.mktemp('se-hub'), 'seresnext26d_32x4d')
+
+
+def test_se_tag_refuses_an_explicit_residual_gate():
+    """Refused before any weights are read: no cache needed."""
+    with pytest.raises(convert.ConversionError, match=(
+            r'saeresnext26d_32x4d\.seresnext26d_32x4d_bt_in1k loads SE weights \(timm/seresnext26d_32x4d\.bt_in1k\), '
+            r'which convert exactly only into the plain gate x \* s')):
+        timm.create_model('saeresnext26d_32x4d', pretrained=True, sae_residual=True)
+    with pytest.raises(convert.ConversionError, match=r'load plain weights for the residual gate \(saeresnet50\.resnet50_'):
+        timm.create_model('saeresnet50.seresnet50_a1_in1k', pretrained=True, sae_residual=True)
+    # the tag picks the gate only for its own weights: without them, or with a local file, it is the default
+    assert timm.create_model('saeresnext26d_32x4d', device='meta').layer1[0].se.residual
+
+
+def test_se_tag_with_num_classes_in_chans_and_features(se_hub):
+    cache, reference = se_hub
+    name = 'saeresnext26d_32x4d'
+    with hub.offline_hub_cache(cache):
+        model = timm.create_model(name, pretrained=True, num_classes=7).eval()
+        gray = timm.create_model(name, pretrained=True, in_chans=1, sae_residual=False)
+        features = timm.create_model(name, pretrained=True, features_only=True).eval()
+    assert model.get_classifier().out_features == 7
+    assert not any(m.residual for m in features.modules() if isinstance(m, timm_sae.SqueezeAggregatedExcitation))
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference.forward_features(x)
+        torch.testing.assert_close(model.forward_features(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features(x)[-1], expected, rtol=1e-5, atol=1e-5)
+    reference_gray = timm.create_model('seresnext26d_32x4d', in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(
+        state_dict=reference.state_dict()))
+    assert _relative_error(gray, reference_gray.eval(), in_chans=1) <= EXACT_RTOL
+
+
+def test_fine_tuned_se_sourced_export_reloads_with_the_plain_gate(se_hub, tmp_path):
+    """train.py --pretrained on an SE tag, then timm-sae export: the export rebuilds the plain gate."""
+    cache, _ = se_hub
+    with hub.offline_hub_cache(cache):
+        model = timm.create_model('saeresnext26d_32x4d', pretrained=True, num_classes=5)
+    with torch.no_grad():  # a stand-in for fine-tuning: the SaE layers move off the conversion
+        for block in model.modules():
+            if isinstance(block, timm_sae.SqueezeAggregatedExcitation):
+                block.fc_excite.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
+    torch.save({'arch': 'saeresnext26d_32x4d', 'state_dict': model.state_dict(), 'epoch': 3, 'args': {
+        'model': 'saeresnext26d_32x4d', 'pretrained': True, 'num_classes': 5, 'model_kwargs': {}}},
+        tmp_path / 'model_best.pth.tar')
+    hub.export_checkpoint(tmp_path / 'model_best.pth.tar', tmp_path / 'export')
+    config = json.loads((tmp_path / 'export' / 'config.json').read_text())
+    assert config['model_args']['sae_residual'] is False
+    hub.layout_hub_cache(tmp_path / 'export', cache, 'my-org/saeresnext26d_32x4d.fine_tuned')
+    with hub.offline_hub_cache(cache):
+        reloaded = timm.create_model('hf-hub:my-org/saeresnext26d_32x4d.fine_tuned', pretrained=True)
+    assert not reloaded.layer1[0].se.residual
+    assert _relative_error(reloaded, model) <= EXACT_RTOL
+
+
+@pytest.mark.parametrize('args,expected', [
+    (dict(model='saeresnext26d_32x4d', pretrained=True), {'sae_residual': False}),
+    (dict(model='saeresnet50.seresnet50_a1_in1k', pretrained=True), {'sae_residual': False}),
+    (dict(model='saeresnet50', pretrained=True), {}),  # the default tag is plain
+    (dict(model='saeresnext26d_32x4d', pretrained=False), {}),
+    (dict(model='saeresnext26d_32x4d', pretrained=True, pretrained_path='se.pth'), {}),  # a file: the default gate
+    (dict(model='saeresnext26d_32x4d', pretrained=True, model_kwargs=dict(sae_residual=False)), {}),
+    (dict(model='seresnext26d_32x4d', pretrained=True), {}),
+], ids=['se-default', 'se-tag', 'plain-default', 'untrained', 'file', 'given', 'not-sae'])
+def test_train_args_gate(args, expected):
+    assert convert.train_args_gate(args) == expected
+
+
+def test_log_line_says_non_commercial():
+    """Logged by the filter timm calls; on the meta device, with the default tag's cfg (cc-by-nc-4.0 source)."""
+    model = timm.create_model('saeresnext101_32x4d', device='meta')
+    with pytest.MonkeyPatch.context() as patch:
+        records = []
+        patch.setattr(convert._logger, 'info', records.append)
+        convert.pretrained_filter(timm.create_model('resnext101_32x4d', device='meta').state_dict(), model)
+    assert '(license cc-by-nc-4.0: NON-COMMERCIAL use only)' in records[0]
+    assert 'timm/resnext101_32x4d.fb_ssl_yfcc100m_ft_in1k' in records[0]
+
+
+def test_log_line_names_a_local_file(timm_hub, tmp_path, caplog):
+    """timm loads file before hf_hub_id: the line names the file, not the tag's repository."""
+    _, sources = timm_hub
+    torch.save(sources['resnet18'].state_dict(), tmp_path / 'r18.pth')
+    with caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+        model = timm.create_model('saeresnet18', pretrained=True, pretrained_cfg_overlay=dict(
+            file=str(tmp_path / 'r18.pth')))
+    assert _relative_error(model, sources['resnet18']) <= EXACT_RTOL
+    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
+    assert f'plain ResNet weights file {tmp_path / "r18.pth"} (license: that of the source' in line
+    assert 'timm/' not in line
 
 
 def test_se_weights_through_the_overlay(tmp_path):
@@ -318,3 +460,15 @@ def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
     err = capsys.readouterr().err
     assert '1 of 122 tensors hold NaN or inf: layer1.0.bn2.running_var (2 NaN of 64)' in err and err.count('\n') == 1
     assert not (tmp_path / 'out').exists()
+
+
+def test_family_table_shows_default_license_and_tags_by_source(monkeypatch):
+    """``timm-sae list``: the default tag's license (non-commercial said so), and tags of plain + SE weights."""
+    monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: [
+        'saeresnet50', 'saeresnext26d_32x4d', 'saeresnext101_32x4d', 'saeresnet50t'])
+    rows = {line.split(' | ')[0][2:]: line for line in family_table()[2:]}
+    assert rows['saeresnet50'].endswith('| resnet50_a1_in1k | apache-2.0 | 19 + 4 |')
+    assert rows['saeresnext26d_32x4d'].endswith('| seresnext26d_32x4d_bt_in1k | apache-2.0 | 0 + 1 |')
+    assert rows['saeresnext101_32x4d'].endswith(
+        '| resnext101_32x4d_fb_ssl_yfcc100m_ft_in1k | cc-by-nc-4.0 (non-commercial) | 3 + 1 |')
+    assert rows['saeresnet50t'].endswith('| untrained | apache-2.0 | 0 + 0 |')

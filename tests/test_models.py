@@ -145,37 +145,42 @@ def test_list_models_is_the_family():
     assert sorted(timm.list_models('sae*')) == sorted(FAMILY)
 
 
-def test_tags_are_conversions_of_the_plain_twins_weights():
-    """One tag per weight tag timm has for the plain twin (its default first), else only ``untrained``."""
+def test_tags_are_conversions_of_the_twins_weights():
+    """One tag per weight tag timm has for the plain twin (its default first), then for the SE twin (whose default
+    is the default without plain weights), else only ``untrained``."""
     tagged = timm.list_models('sae*', include_tags=True)
     assert {name.split('.')[0] for name in tagged} == set(FAMILY)
     for name in FAMILY:
         tags = [t.split('.', 1)[1] for t in tagged if t.split('.')[0] == name]
-        twin = name.replace('sae', '', 1)
-        sources = timm.list_pretrained(f'{twin}.*') if timm.is_model(twin) else []
+        twins = [twin for twin in (name.replace('sae', '', 1), name.replace('sae', 'se', 1)) if timm.is_model(twin)]
+        sources = [source for twin in twins for source in timm.list_pretrained(f'{twin}.*')]
         if not sources:
             assert tags == ['untrained'], name
             continue
         assert sorted(tags) == sorted(s.replace('.', '_') for s in sources), name
-        assert get_pretrained_cfg(name).tag == get_pretrained_cfg(twin).tag.join((f'{twin}_', '')), name
+        default = f'{sources[0].split(".")[0]}.{get_pretrained_cfg(sources[0].split(".")[0]).tag}'
+        assert get_pretrained_cfg(name).tag == default.replace('.', '_'), name
 
 
 def test_list_pretrained_is_the_tags_with_weights():
-    """Tags whose cfg names a weight source: the conversions, of 15 architectures."""
+    """Tags whose cfg names a weight source: the conversions, of 20 architectures."""
     tagged = timm.list_models('sae*', include_tags=True)
     expected = {name for name in tagged if get_pretrained_cfg(name).has_weights}
     assert set(timm.list_pretrained('sae*')) == expected
-    assert len({name.split('.')[0] for name in expected}) == 15 and len(expected) >= 15
+    assert len({name.split('.')[0] for name in expected}) == 20 and len(expected) == 82 + 19
 
 
 @per_model
 def test_pretrained_cfg(name: str):
-    """The default tag's cfg: the plain twin's default weights' (data, classes, license) with both papers, or SaE's."""
+    """The default tag's cfg: the plain twin's default weights' (data, classes, license) with both papers, else the
+    SE twin's, else SaE's."""
     cfg = get_pretrained_cfg(name)
     assert cfg.architecture == name
-    twin = name.replace('sae', '', 1)
-    source = get_pretrained_cfg(twin) if timm.is_model(twin) else None
-    if source is not None and source.has_weights:
+    twins = [twin for twin in (name.replace('sae', '', 1), name.replace('sae', 'se', 1))
+             if timm.is_model(twin) and get_pretrained_cfg(twin).has_weights]
+    source = get_pretrained_cfg(twins[0]) if twins else None
+    if source is not None:
+        twin = twins[0]
         assert cfg.hf_hub_id == source.hf_hub_id == f'timm/{twin}.{source.tag}'
         assert cfg.paper_ids[0] == 'arXiv:2308.13343' and set(cfg.paper_ids[1:]) == set(
             [source.paper_ids] if isinstance(source.paper_ids, str) else source.paper_ids or [])

@@ -19,15 +19,17 @@ An SaE block (see ``timm_sae.squeeze_aggregated_excite``) computes ``shortcut + 
 
 ``convert_state_dict`` does either for any model of the family; ``pretrained_filter`` is the
 ``pretrained_filter_fn`` the entrypoints give timm, so that tags whose ``hf_hub_id`` is timm's source weights
-(``conversion_cfgs``) convert while loading. SaE weights pass through unchanged.
+(``conversion_cfgs``) convert while loading. SaE weights pass through unchanged. ``pretrained_gate`` picks the
+gate a model is built with: the plain one where ``pretrained=True`` loads SE weights.
 """
 import dataclasses
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
-from timm.models import PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg
+from timm.models import (
+    PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg, resolve_pretrained_cfg, split_model_name_tag)
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
@@ -35,7 +37,9 @@ from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = [
     'SAE_PAPER_ID', 'ConversionError', 'source_kind', 'plain_twin', 'se_source', 'sae_twin', 'convert_state_dict',
-    'pretrained_filter', 'converted_cfg', 'conversion_cfgs', 'conversion_tag', 'no_weights_error',
+    'pretrained_filter', 'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs', 'conversion_tag',
+    'no_weights_error', 'weights_location', 'loads_se_weights', 'is_non_commercial', 'pretrained_gate',
+    'train_args_gate',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -68,8 +72,8 @@ def plain_twin(sae_arch: str) -> Optional[str]:
 
 def se_source(sae_arch: str) -> Optional[str]:
     """timm's SE ResNet of the SaE architecture (``saeresnet50`` -> ``seresnet50``), if timm has it."""
-    name = sae_arch.replace('sae', 'se', 1)
-    return name if timm.is_model(name) else None
+    name = 'se' + sae_arch[3:]
+    return name if sae_arch.startswith('sae') and timm.is_model(name) else None
 
 
 def sae_twin(source_arch: str) -> Optional[str]:
@@ -202,18 +206,111 @@ def convert_state_dict(
     return converted
 
 
+def weights_location(cfg: Mapping[str, Any]) -> str:
+    """The weights timm loads for a pretrained cfg, in timm's order (state_dict > file > hf_hub_id > url)."""
+    hub = _hub_weights(cfg)
+    if hub:
+        return hub
+    if cfg.get('state_dict') is not None:
+        return 'the state dict given in the pretrained cfg'
+    return f"file {cfg['file']}" if cfg.get('file') else cfg.get('url') or 'no weights'
+
+
+def _hub_weights(cfg: Mapping[str, Any]) -> Optional[str]:
+    """The Hub repository timm loads the cfg's weights from; None where a state dict or file comes first."""
+    if cfg.get('source') == 'hf-hub':
+        return cfg.get('hf_hub_id')
+    if cfg.get('source') == 'local-dir' or cfg.get('state_dict') is not None or cfg.get('file'):
+        return None
+    return cfg.get('hf_hub_id')
+
+
+def loads_se_weights(sae_arch: str, cfg: Mapping[str, Any]) -> bool:
+    """Whether timm loads the cfg's weights from a repository of the SE twin's weights (``timm/seresnet50.a1_in1k``)."""
+    hub, se = _hub_weights(cfg), se_source(sae_arch)
+    return bool(hub and se) and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
+
+
+def is_non_commercial(license: Optional[str]) -> bool:
+    """Whether a Hub license id forbids commercial use (``cc-by-nc-4.0``, ``cc-by-nc-sa-4.0``, ...)."""
+    return '-nc' in (license or '').lower()
+
+
+def _license_note(cfg: Mapping[str, Any]) -> str:
+    """The license of the loaded weights as the cfg knows it, saying so where it forbids commercial use."""
+    if not _hub_weights(cfg) and not cfg.get('url'):
+        return 'license: that of the source of these weights'
+    license = cfg.get('license')
+    return f'license {license or "not stated"}' + (': NON-COMMERCIAL use only' if is_non_commercial(license) else '')
+
+
+def _gate_note(kind: str, residual: bool) -> str:
+    """Which gate the model was built with, and why."""
+    if kind == 'se':
+        return 'the plain gate x * s (sae_residual=False), the only gate SE weights convert into exactly'
+    return ('the residual gate x * (1 + s) (sae_residual=True, SaE\'s own)' if residual else
+            'the plain gate x * s (sae_residual=False, as asked)')
+
+
 def pretrained_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: convert plain or SE weights while loading, logging what was loaded."""
+    """timm ``pretrained_filter_fn``: convert plain or SE weights while loading, logging what was loaded.
+
+    The log line names the weights timm loaded (``weights_location``), their license, and the gate built.
+    """
     kind = source_kind(state_dict)
     if kind == 'sae':
         return state_dict
     converted = convert_state_dict(state_dict, model, adaptable=_adaptable_keys(model))
     cfg = getattr(model, 'pretrained_cfg', None) or {}
-    source = cfg.get('hf_hub_id') or cfg.get('file') or cfg.get('url') or 'the given state dict'
+    residual = _sae_blocks(model)[0][2].residual
+    trained = ('SE\'s layers fill the first SaE branches, the other branches train when fine-tuned' if kind == 'se'
+               else 'its SaE layers are untrained until fine-tuned')
     _logger.info(
-        f'{cfg.get("architecture", "SaE model")}: exact conversion of {kind} ResNet weights ({source}); the model '
-        f'computes the source\'s function, and its SaE layers are untrained until fine-tuned')
+        f'{cfg.get("architecture", "SaE model")}: exact conversion of {"SE" if kind == "se" else kind} ResNet weights '
+        f'{weights_location(cfg)} ({_license_note(cfg)}) into {_gate_note(kind, residual)}; the model computes the '
+        f'source\'s function, {trained}')
     return converted
+
+
+def pretrained_gate(
+        variant: str,
+        sae_residual: Optional[bool],
+        pretrained: bool,
+        pretrained_cfg: Optional[Union[str, Dict[str, Any], PretrainedCfg]] = None,
+        pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
+) -> bool:
+    """The ``sae_residual`` to build ``variant`` with: as given, else False where ``pretrained=True`` loads SE weights
+    (the only gate they convert into exactly), else True.
+
+    Raises:
+        RuntimeError: ``pretrained=True`` and the cfg names no weights (``no_weights_error``).
+        ConversionError: ``sae_residual=True`` with SE weights.
+    """
+    if not pretrained:
+        return sae_residual is not False
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
+    if not (cfg.has_weights or cfg.state_dict):
+        raise no_weights_error(variant)
+    if not loads_se_weights(variant, vars(cfg)):
+        return sae_residual is not False
+    if sae_residual:
+        plain = [name for name in timm.list_pretrained(f'{variant}.*')
+                 if not loads_se_weights(variant, vars(get_pretrained_cfg(name)))]
+        raise ConversionError(
+            f'{variant}.{cfg.tag} loads SE weights ({weights_location(vars(cfg))}), which convert exactly only into '
+            f'the plain gate x * s (SE\'s gate s < 1 < 1 + s): leave sae_residual unset or False'
+            + (f', or load plain weights for the residual gate ({some_names(plain)})' if plain else ''))
+    return False
+
+
+def train_args_gate(args: Mapping[str, Any]) -> Dict[str, bool]:
+    """``{'sae_residual': False}`` where timm's train.py with these ``args`` built the plain gate without being told
+    (``--pretrained`` on a tag of SE weights), else ``{}``: what rebuilding its checkpoint needs."""
+    if not args.get('pretrained') or args.get('pretrained_path') or 'sae_residual' in (args.get('model_kwargs') or {}):
+        return {}
+    arch = split_model_name_tag(args.get('model') or '')[0]
+    cfg = get_pretrained_cfg(args['model']) if arch in timm.list_models(module='sae_resnet') else None
+    return {'sae_residual': False} if cfg is not None and loads_se_weights(arch, vars(cfg)) else {}
 
 
 def conversion_tag(source: str) -> str:
@@ -233,7 +330,12 @@ def converted_cfg(source_cfg: Mapping[str, Any], source_name: str) -> Dict[str, 
         cfg.pop(key, None)
     papers = cfg.get('paper_ids') or ()
     cfg['paper_ids'] = (SAE_PAPER_ID, *((papers,) if isinstance(papers, str) else papers))
-    cfg['description'] = f'Exact conversion of {source_name} to SaE: the source\'s function, SaE layers untrained'
+    if (source_cfg.get('architecture') or '').startswith('se'):
+        cfg['description'] = (
+            f'Exact conversion of {source_name} (SE) to SaE with the plain gate x * s (sae_residual=False): the '
+            f'source\'s function, SE\'s layers in the first SaE branches, the other branches untrained')
+    else:
+        cfg['description'] = f'Exact conversion of {source_name} to SaE: the source\'s function, SaE layers untrained'
     return cfg
 
 
@@ -249,16 +351,18 @@ def conversion_cfgs(sae_arch: str, source_arch: str) -> Dict[str, Dict[str, Any]
         for c in sources if c.hf_hub_id}
 
 
+def twin_conversion_cfgs(sae_arch: str) -> Dict[str, Dict[str, Any]]:
+    """``conversion_cfgs`` of timm's plain twin, then of its SE twin: a plain source's default tag stays the default,
+    and an SE source's default tag is the default where timm has no plain weights."""
+    return {k: v for source in (plain_twin(sae_arch), se_source(sae_arch)) if source
+            for k, v in conversion_cfgs(sae_arch, source).items()}
+
+
 def no_weights_error(sae_arch: str) -> RuntimeError:
-    """The error of ``pretrained=True`` where no tag has weights: which exact conversion exists instead."""
-    se = se_source(sae_arch)
-    se_tags = timm.list_pretrained(f'{se}.*') if se else []
-    text = f'{sae_arch} has no pretrained weights: timm has no weights of its plain twin to convert'
-    if not se_tags:
-        return RuntimeError(f'{text}, nor of an SE twin; use pretrained=False')
+    """The error of ``pretrained=True`` with a cfg that names no weights: which tags have them, if any."""
+    tags = timm.list_pretrained(f'{sae_arch}.*')
+    if tags:
+        return RuntimeError(f'the pretrained cfg of {sae_arch} names no weights; its tags with weights: {some_names(tags)}')
     return RuntimeError(
-        f'{text}. timm\'s SE twin converts exactly into the plain gate (sae_residual=False): '
-        f'`timm-sae convert {se_tags[0]} OUTPUT_DIR` writes a Hub folder, or load it directly with '
-        f'timm.create_model(\'{sae_arch}\', pretrained=True, sae_residual=False, '
-        f'pretrained_cfg_overlay=dict(hf_hub_id=\'{get_pretrained_cfg(se_tags[0]).hf_hub_id}\')) '
-        f'(SE weights: {", ".join(se_tags)})')
+        f'{sae_arch} has no pretrained weights: timm has no weights of its plain or SE twin to convert; '
+        f'use pretrained=False')

@@ -45,7 +45,8 @@ from . import cards
 from .cards import CARD_NAME
 from .measure import describe, param_count
 from .convert import (
-    SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, some_names, source_kind, state_dict_mismatch)
+    SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, some_names, source_kind, state_dict_mismatch,
+    train_args_gate)
 from .errors import CheckpointError, HubError, PushError, first_line
 from .sae_resnet import _create_saeresnet
 from .weights_file import Checkpoint, check_finite, read_checkpoint
@@ -68,11 +69,13 @@ _DESCRIPTIVE_CFG_KEYS = ('tag', 'description', 'notes', 'license', 'paper_ids', 
 
 
 def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The SaE entrypoint arguments (``sae_*``): their defaults updated with ``model_kwargs``."""
+    """The SaE entrypoint arguments (``sae_*``): their defaults updated with ``model_kwargs``; ``sae_residual``
+    unset is True, the gate of a model that loads no SE weights while built."""
     defaults = {
         name: p.default for name, p in inspect.signature(_create_saeresnet).parameters.items()
         if name.startswith('sae_')}
-    return {**defaults, **{k: v for k, v in (model_kwargs or {}).items() if k.startswith('sae_')}}
+    args = {**defaults, **{k: v for k, v in (model_kwargs or {}).items() if k.startswith('sae_')}}
+    return {**args, 'sae_residual': args['sae_residual'] is not False}
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
@@ -313,6 +316,7 @@ def export_checkpoint(
     _check_target(output_dir, overwrite)
     ckpt = read_checkpoint(checkpoint, use_ema=use_ema)
     check_finite(ckpt.state_dict, str(checkpoint), allow_nonfinite)
+    model_kwargs = {**train_args_gate(ckpt.args), **(model_kwargs or {})}  # the gate train.py --pretrained built
     model = model_from_checkpoint(ckpt, model_name, num_classes, in_chans, model_kwargs)
     names = read_label_names(label_names, model.num_classes) if label_names else None
     results = cards.load_results(results) if results else None

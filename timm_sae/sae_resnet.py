@@ -9,19 +9,20 @@ saeresnet26 / saeresnet26d / saeresnet50d twin timm's resnet26 / resnet26d / res
 
 Every entrypoint takes the SaE arguments ``sae_cardinality`` (branches k, default 4),
 ``sae_rd_ratio`` (branch width d / C, default 1/32) and ``sae_residual`` (``x * (1 + s)``
-when True, the default; SE-style ``x * s`` when False).
+when True, the default; SE-style ``x * s`` when False, and when unset while ``pretrained=True`` loads SE
+weights, which convert exactly only into that gate).
 """
 import os
 from functools import partial
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
 
 from .blocks import SaEBottleneck
-from .convert import SAE_PAPER_ID, conversion_cfgs, no_weights_error, pretrained_filter
+from .convert import SAE_PAPER_ID, pretrained_filter, pretrained_gate, twin_conversion_cfgs
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = []  # models are reached through timm's registry
@@ -35,17 +36,16 @@ def _create_saeresnet(
         pretrained: bool = False,
         sae_cardinality: int = 4,
         sae_rd_ratio: float = 1. / 32,
-        sae_residual: bool = True,
+        sae_residual: Optional[bool] = None,
         **kwargs,
 ) -> ResNet:
     """Build a timm ``ResNet`` whose blocks use SaE as their attention layer.
 
-    Plain and SE weights are converted exactly while loading (``timm_sae.convert.pretrained_filter``).
+    Plain and SE weights are converted exactly while loading (``timm_sae.convert.pretrained_filter``);
+    ``sae_residual`` unset is True, or False where ``pretrained=True`` loads SE weights (``pretrained_gate``).
     """
-    if pretrained:
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        if not (cfg.has_weights or cfg.state_dict):
-            raise no_weights_error(variant)
+    sae_residual = pretrained_gate(
+        variant, sae_residual, pretrained, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     block_args = dict(kwargs.pop('block_args', None) or {})
     if 'attn_layer' in block_args:
         raise ValueError(
@@ -75,31 +75,32 @@ def _deep_stem_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(first_conv='conv1.0', **kwargs)
 
 
-# Tags: every weight tag timm has for an architecture's plain twin, converted exactly while loading (see
-# timm_sae.convert), the twin's default tag first; architectures without a plain twin in timm are untrained.
+# Tags: every weight tag timm has for an architecture's plain twin, then for its SE twin, converted exactly while
+# loading (see timm_sae.convert); the plain twin's default tag is the default, else the SE twin's. The two
+# architectures without weights of either twin in timm are untrained.
 default_cfgs = generate_default_cfgs({
-    **conversion_cfgs('saeresnet18', 'resnet18'),
-    **conversion_cfgs('saeresnet26', 'resnet26'),
-    **conversion_cfgs('saeresnet26d', 'resnet26d'),
-    **conversion_cfgs('saeresnet34', 'resnet34'),
-    **conversion_cfgs('saeresnet50', 'resnet50'),
-    **conversion_cfgs('saeresnet50d', 'resnet50d'),
+    **twin_conversion_cfgs('saeresnet18'),
+    **twin_conversion_cfgs('saeresnet26'),
+    **twin_conversion_cfgs('saeresnet26d'),
+    **twin_conversion_cfgs('saeresnet34'),
+    **twin_conversion_cfgs('saeresnet50'),
+    **twin_conversion_cfgs('saeresnet50d'),
     'saeresnet50t.untrained': _deep_stem_cfg(),
-    **conversion_cfgs('saeresnet101', 'resnet101'),
-    **conversion_cfgs('saeresnet152', 'resnet152'),
-    **conversion_cfgs('saeresnet152d', 'resnet152d'),
-    **conversion_cfgs('saeresnet200d', 'resnet200d'),
+    **twin_conversion_cfgs('saeresnet101'),
+    **twin_conversion_cfgs('saeresnet152'),
+    **twin_conversion_cfgs('saeresnet152d'),
+    **twin_conversion_cfgs('saeresnet200d'),
     'saeresnet269d.untrained': _deep_stem_cfg(),
-    **conversion_cfgs('saeresnetaa50d', 'resnetaa50d'),
-    'saeresnext26d_32x4d.untrained': _deep_stem_cfg(),
-    'saeresnext26t_32x4d.untrained': _deep_stem_cfg(),
-    **conversion_cfgs('saeresnext50_32x4d', 'resnext50_32x4d'),
-    **conversion_cfgs('saeresnext101_32x4d', 'resnext101_32x4d'),
-    **conversion_cfgs('saeresnext101_32x8d', 'resnext101_32x8d'),
-    **conversion_cfgs('saeresnext101_64x4d', 'resnext101_64x4d'),
-    'saeresnext101d_32x8d.untrained': _deep_stem_cfg(),
-    'saeresnextaa101d_32x8d.untrained': _deep_stem_cfg(),
-    'saeresnextaa201d_32x8d.untrained': _deep_stem_cfg(),
+    **twin_conversion_cfgs('saeresnetaa50d'),
+    **twin_conversion_cfgs('saeresnext26d_32x4d'),
+    **twin_conversion_cfgs('saeresnext26t_32x4d'),
+    **twin_conversion_cfgs('saeresnext50_32x4d'),
+    **twin_conversion_cfgs('saeresnext101_32x4d'),
+    **twin_conversion_cfgs('saeresnext101_32x8d'),
+    **twin_conversion_cfgs('saeresnext101_64x4d'),
+    **twin_conversion_cfgs('saeresnext101d_32x8d'),
+    **twin_conversion_cfgs('saeresnextaa101d_32x8d'),
+    **twin_conversion_cfgs('saeresnextaa201d_32x8d'),
 })
 
 
