@@ -3,13 +3,18 @@
 # set to the folder whose files come back; .whl/ (the timm 1.0.31 wheel) carried along where the
 # machine's timm is another version, .data/fashion-mnist (the IDX files) for the Fashion-MNIST parts.
 #
+#   bash benchmarks/gpu_run.sh block speed        # the default, first whenever a GPU is available
 #   bash benchmarks/gpu_run.sh warm_start speed   # what one call of at most 600 s holds: the parts in order
 #   bash benchmarks/gpu_run.sh accuracy           # the Fashion-MNIST sweep (done: results/accuracy.json)
 #
+# block: benchmarks/inductor_block.py, one layer3.1 block compiled per model (resnet50, seresnet50,
+# saeresnet50 and saeresnet50 with the SE-form squeeze), bf16 autocast, batch 128: Inductor's kernels
+# and traffic, and interleaved timings, eval and train. Returns inductor_block_cuda.{json,md}.
 # warm_start: benchmarks/warm_start.py, 3 seeds: 6 sources, 3 scratch runs and 12 fine-tunings, 15 runs
 # at a time; no new run starts after 240 s. Returns warm_start.json.
 # speed: bf16 autocast, channels_last, 224 px, inference batch 256 and training batch 128, eager then
-# torch.compile (inductor): saeresnet50 vs seresnet50 vs resnet50, saeresnext50_32x4d vs
+# torch.compile (inductor): saeresnet50 vs saeresnet50 with the SE-form squeeze (before / after the
+# narrow squeeze) vs seresnet50 vs resnet50, saeresnext50_32x4d vs
 # seresnext50_32x4d. speed.py rewrites its JSON and table after every mode, in the order eager (4
 # modes), then compiled resnet50 infer, train, resnext50 infer, train; it gets the call's time left
 # (DEADLINE_S, default 570 s from the start), and the cut takes only what is left. Returns speed_cuda.{json,md}.
@@ -18,10 +23,10 @@
 # Every part appends to gpu_run.log, which comes back too.
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
-(( $# )) || set -- speed
+(( $# )) || set -- block speed
 for part; do
-    [[ $part == speed || $part == accuracy || $part == warm_start ]] || {
-        echo "usage: bash benchmarks/gpu_run.sh [warm_start] [speed] [accuracy]" >&2; exit 2; }
+    [[ $part == block || $part == speed || $part == accuracy || $part == warm_start ]] || {
+        echo "usage: bash benchmarks/gpu_run.sh [block] [warm_start] [speed] [accuracy]" >&2; exit 2; }
 done
 deadline=${DEADLINE_S:-570}
 export PYTHONPATH=benchmarks:. PYTHONUNBUFFERED=1
@@ -39,6 +44,10 @@ for part; do
     left=$((deadline - SECONDS))
     echo "== $part: $(date -u +%FT%TZ), ${left} s left" >>"$log"
     case $part in
+    block)
+        timeout $((left < 150 ? left : 150)) python3 benchmarks/inductor_block.py --device cuda --precision bf16 \
+            --batch-size 128 --out "$OUT/inductor_block_cuda.json" >>"$log" 2>&1
+        ;;
     warm_start)
         timeout $((left < 330 ? left : 330)) python3 benchmarks/warm_start.py --device cuda --workers 15 \
             --time-budget 240 --data-dir .data/fashion-mnist --results "$OUT/warm_start.json" \

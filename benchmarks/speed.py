@@ -45,15 +45,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MethodType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.resnet import Bottleneck
 from torch._dynamo.utils import counters as dynamo_counters
 from torch._inductor import utils as inductor_utils
 
 import timm_sae  # noqa: F401  (registers the SaE models)
+from timm_sae import SaEBottleneck
 from timm_sae.fuse import fuse_batchnorm
 from timm_sae.measure import cpu_model, describe, median_ratio, software_versions, time_interleaved
 
@@ -74,12 +77,17 @@ COMPILE_METHOD = (
 
 @dataclass(frozen=True)
 class Entry:
-    """One model in a pair: a timm model name, optionally with its BatchNorms folded."""
+    """One model in a pair: a timm model name, optionally with its BatchNorms folded, or (SaE) with the
+    Bottlenecks squeezing their full-width norm output (timm's ``Bottleneck.forward``, the SE form), as
+    the SaE blocks did before they squeezed the narrow conv3 input: the before/after comparison."""
     model: str
     bn_folded: bool = False
+    se_form_squeeze: bool = False
 
     @property
     def label(self) -> str:
+        if self.se_form_squeeze:
+            return f'{self.model} (SE-form squeeze)'
         return f'{self.model} (BN folded)' if self.bn_folded else self.model
 
 
@@ -93,7 +101,13 @@ class Pair:
 
 
 PAIRS: Dict[str, Pair] = {
-    'resnet50': Pair((Entry('saeresnet50'), Entry('seresnet50'), Entry('resnet50')), ('seresnet50', 'resnet50')),
+    'resnet50': Pair(
+        (Entry('saeresnet50'), Entry('saeresnet50', se_form_squeeze=True), Entry('seresnet50'), Entry('resnet50')),
+        ('saeresnet50 (SE-form squeeze)', 'seresnet50', 'resnet50'),
+        note='saeresnet50 (SE-form squeeze): the same model and weights with every Bottleneck squeezing its '
+             'full-width BatchNorm output (timm\'s Bottleneck.forward), as before timm_sae.blocks squeezed '
+             'the narrow conv3 input; vs it is the gain of the narrow squeeze.',
+    ),
     'resnet18': Pair((Entry('saeresnet18'), Entry('seresnet18'), Entry('resnet18')), ('seresnet18', 'resnet18')),
     'resnext50': Pair((Entry('saeresnext50_32x4d'), Entry('seresnext50_32x4d')), ('seresnext50_32x4d',)),
     'resnet50_bn_folded': Pair(
@@ -126,6 +140,7 @@ class Setting:
     """Everything needed to build one model's step, also in a memory-probe subprocess."""
     model: str
     bn_folded: bool
+    se_form_squeeze: bool
     task: str
     channels_last: bool
     backend: str  # 'eager' or a torch.compile backend
@@ -142,6 +157,10 @@ def build_step(s: Setting) -> Callable[[], None]:
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = timm.create_model(s.model)
+    if s.se_form_squeeze:
+        for block in model.modules():
+            if isinstance(block, SaEBottleneck):
+                block.forward = MethodType(Bottleneck.forward, block)
     if s.bn_folded:
         model = fuse_batchnorm(model.eval())
     model = model.to(device=device, memory_format=memory_format)
@@ -310,7 +329,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
     batch_size = args.train_batch_size if task == 'train' else args.batch_size
     settings = {
         e.label: Setting(
-            e.model, e.bn_folded, task, channels_last, backend, batch_size, args.img_size,
+            e.model, e.bn_folded, e.se_form_squeeze, task, channels_last, backend, batch_size, args.img_size,
             args.device, args.precision, torch.get_num_threads())
         for e in pair.entries}
     compiled: Dict[str, dict] = {}
@@ -336,6 +355,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
             'label': e.label,
             'model': e.model,
             'bn_folded': e.bn_folded,
+            'se_form_squeeze': e.se_form_squeeze,
             'round_times_s': t,
             'median_s': statistics.median(t),
             'images_per_s': batch_size / statistics.median(t),

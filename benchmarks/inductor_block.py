@@ -1,0 +1,148 @@
+"""What torch.compile makes of one ResNet block: kernels, memory traffic and time, SaE vs SE vs plain.
+
+Compiles one identity-shortcut block (``layer3.1`` by default) of each model with Inductor, in eval
+(inference) and in train mode (forward + backward), and reads Inductor's own metrics: the number of
+kernels it generated and the bytes its graphs read and write (``graph.count_bytes()``, logged under
+``TORCH_LOGS=inductor_metrics``), given in units of the block's full-width output tensor. These counts
+do not depend on the machine's speed; convolutions and matmuls are external kernels, counted by Inductor
+as their inputs and outputs. Then the compiled blocks are timed in turn within each round (A B C D, ...),
+and each block's time ratio to resnet50's is the median over rounds.
+
+    python benchmarks/inductor_block.py                       # writes benchmarks/results/inductor_block_cpu.{json,md}
+    python benchmarks/inductor_block.py --device cuda --batch-size 128 --precision bf16
+"""
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from types import MethodType
+from typing import Callable, Dict, List, Optional, Tuple
+
+import timm
+import torch
+from timm.models.resnet import Bottleneck
+from torch._functorch import config as functorch_config
+from torch._inductor import config as inductor_config, metrics
+
+from timm_sae import SaEBottleneck
+from timm_sae.measure import cpu_model, median_ratio, software_versions, time_interleaved
+
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+# label -> (timm model, SaE Bottlenecks run timm's Bottleneck.forward: the SE-form squeeze)
+MODELS = {
+    'resnet50': ('resnet50', False),
+    'seresnet50': ('seresnet50', False),
+    'saeresnet50': ('saeresnet50', False),
+    'saeresnet50 (SE-form squeeze)': ('saeresnet50', True),
+}
+
+
+def block_of(model_name: str, se_form_squeeze: bool, path: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    block = timm.create_model(model_name).get_submodule(path)
+    if se_form_squeeze and isinstance(block, SaEBottleneck):
+        block.forward = MethodType(Bottleneck.forward, block)
+    return block
+
+
+def compile_block(block: torch.nn.Module, x: torch.Tensor, train: bool, precision: str) -> Tuple[Callable[[], None], Dict[str, float]]:
+    """The compiled block's step (inference, or forward + backward) and Inductor's kernel and traffic counts."""
+    torch._dynamo.reset()
+    metrics.reset()  # caches off: a graph served from a cache generates no kernels and counts no bytes
+    block = block.to(x.device, memory_format=torch.channels_last).train(train)
+    compiled = torch.compile(block, backend='inductor')
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+    if train:
+        x = x.clone().requires_grad_()
+
+        def step() -> None:
+            with autocast:
+                out = compiled(x)
+            out.float().sum().backward()
+    else:
+        def step() -> None:
+            with torch.no_grad(), autocast:
+                compiled(x)
+    step()
+    full_width = x.numel() * x.element_size()
+    return step, {'kernels': metrics.generated_kernel_count, 'full_width_traffic': metrics.num_bytes_accessed / full_width}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# One block under torch.compile: {report['settings']['block']}", '',
+        f"`{report['command']}`", '',
+        f"{report['hardware']['cpu']}, {report['hardware']['device']}; " + ', '.join(f'{k} {v}' for k, v in report['versions'].items()) + '.', '',
+        f"Input {report['settings']['input']} on {report['settings']['device']}, "
+        f"{report['settings']['precision']}, channels_last, Inductor (default mode). Traffic: bytes that the "
+        'generated graphs read and write (Inductor\'s count_bytes, external conv kernels included), in units '
+        'of the block\'s full-width output tensor (fp32 size); train is forward + backward. Time: the '
+        f"median over {report['settings']['rounds']} interleaved rounds of the block's time / resnet50's "
+        '(< 1: faster), quartiles in brackets.', '',
+        '| model | eval kernels | eval traffic | eval time vs resnet50 | train kernels | train traffic | '
+        'train time vs resnet50 |',
+        '|---|---:|---:|---:|---:|---:|---:|',
+    ]
+    for label, row in report['results'].items():
+        cells = [f"{row[mode]['kernels']} | {row[mode]['full_width_traffic']:.2f} | {row[mode]['time_ratio']:.3f} "
+                 f"[{row[mode]['time_ratio_q1']:.2f}, {row[mode]['time_ratio_q3']:.2f}]" for mode in ('eval', 'train')]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--block', default='layer3.1', help='an identity-shortcut block, e.g. layer3.1')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--img-size', type=int, default=224, help='the model input size the block sees a map of')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32', help='bf16: autocast')
+    parser.add_argument('--rounds', type=int, default=21)
+    parser.add_argument('--calls', type=int, default=30, help='calls per model per round')
+    parser.add_argument('--out', type=Path, help='default benchmarks/results/inductor_block_<device>.json')
+    args = parser.parse_args(argv)
+    out = args.out or RESULTS_DIR / f"inductor_block_{args.device.split(':')[0]}.json"
+    torch._logging.set_logs(inductor_metrics=True)  # makes Inductor count the bytes of each graph (logged on stderr)
+    inductor_config.fx_graph_cache = False
+    functorch_config.enable_autograd_cache = False
+    stage = int(args.block.split('.')[0].removeprefix('layer'))
+    size = args.img_size // 2 ** (stage + 1)
+    sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
+    results: Dict[str, Dict[str, dict]] = {label: {} for label in MODELS}
+    for mode in ('eval', 'train'):
+        steps = {}
+        for label, (name, se_form_squeeze) in MODELS.items():
+            block = block_of(name, se_form_squeeze, args.block)
+            x = torch.randn(args.batch_size, block.conv1.in_channels, size, size, device=args.device)
+            step, results[label][mode] = compile_block(block, x.contiguous(memory_format=torch.channels_last),
+                                                       mode == 'train', args.precision)
+            steps[label] = lambda step=step: [step() for _ in range(args.calls)]
+        times = time_interleaved(steps, rounds=args.rounds, warmup=2, sync=sync)
+        for label in MODELS:
+            ratios = sorted(t / r for t, r in zip(times[label], times['resnet50']))
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            results[label][mode].update(time_ratio=median_ratio(times[label], times['resnet50']),
+                                        time_ratio_q1=q1, time_ratio_q3=q3)
+            print(mode, label, results[label][mode], flush=True)
+    report = {
+        'command': shlex.join(['python', 'benchmarks/inductor_block.py', *(argv if argv is not None else sys.argv[1:])]),
+        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'versions': software_versions(),
+        'hardware': {'cpu': cpu_model(), 'device': torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu',
+                     'threads': torch.get_num_threads()},
+        'settings': {'block': args.block, 'input': [args.batch_size, x.shape[1], size, size], 'device': args.device,
+                     'precision': args.precision, 'rounds': args.rounds, 'calls_per_round': args.calls},
+        'results': results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + '\n')
+    out.with_suffix('.md').write_text(markdown(report))
+    print(f'wrote {out} and {out.with_suffix(".md")}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
