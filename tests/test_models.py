@@ -433,9 +433,8 @@ def test_torchscript(name: str):
 @pytest.mark.parametrize('backend', [
     'aot_eager', pytest.param('inductor', marks=pytest.mark.slow)])
 def test_torch_compile(backend: str):
-    """saeresnet26 compiled: the same output with and without grad and the same gradients as eager, in
-    eval and in train mode, where the compiled Bottleneck squeezes through its batch statistics and
-    eager takes the SE form (``timm_sae.blocks``)."""
+    """saeresnet26 (Bottlenecks) compiled: the same output with and without grad and the same gradients
+    as eager, in eval mode (the narrow squeeze, ``timm_sae.blocks``) and in train mode."""
     torch._dynamo.reset()
     model = _create('saeresnet26', num_classes=7).eval()
     compiled = torch.compile(model, backend=backend)

@@ -2,16 +2,14 @@
 timm's seresnet to the tools that look inside models.
 
 Exactness runs in float64, where the narrow and the SE form differ by rounding alone (about 1e-13), so
-the 1e-9 tolerance cannot hide a wrong formula; in float32 train-mode BatchNorm over a few values per
-channel amplifies rounding far more than any bug would need. The reference is the same model with the
-SE form everywhere (the SaE layer squeezes its full-width input). The train-mode narrow form, which runs
-under torch.compile, is forced in eager here by reporting a compiling state; ``test_models`` compiles it.
-Every architecture's blocks are checked one by one (each stage's first and last block, materialised from
-a meta-device model, so the largest networks cost milliseconds); whole models on five that hold every
-block variant.
+the 1e-9 tolerance cannot hide a wrong formula. The reference is the same model with the SE form
+everywhere (the SaE layer squeezes its full-width input). Every architecture's blocks are checked one
+by one (each stage's first and last block, materialised from a meta-device model, so the largest
+networks cost milliseconds); whole models on five that hold every block variant, also in float32 with
+channels_last and with ``fuse_batchnorm``.
 """
 import copy
-from typing import Callable, Iterator, List
+from typing import Callable, List
 
 import pytest
 import timm
@@ -63,14 +61,6 @@ def se_form(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable], object]:
     return run
 
 
-@pytest.fixture
-def compiling(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
-    """``compiling(True)`` makes ``torch.compiler.is_compiling()`` report a compile, selecting the train-mode narrow form."""
-    def set_compiling(value: bool) -> None:
-        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: value)
-    yield set_compiling
-
-
 def _random_(module: nn.Module, seed: int) -> nn.Module:
     """Seeded random parameters, BatchNorm statistics and affine maps, in float64."""
     generator = torch.Generator().manual_seed(seed)
@@ -113,17 +103,16 @@ def _check_against_se_form(module: nn.Module, x: torch.Tensor, se_form, rel: flo
 
 def _checked_blocks(model: nn.Module) -> List[nn.Module]:
     """Each stage's first block (stride, downsample) and last block (identity shortcut)."""
-    return [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in (stage[0], stage[-1])]
+    stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+    return [block for stage in stages for block in (stage[0], stage[-1])]
 
 
 @pytest.mark.parametrize('name', FAMILY)
-@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
-def test_blocks_match_se_form(name: str, training: bool, narrow_calls, se_form, compiling):
-    """Block outputs and the gradients of every parameter and of the input, eval and train mode."""
+def test_blocks_match_se_form(name: str, narrow_calls, se_form):
+    """Eval-mode block outputs and the gradients of every parameter and of the input."""
     meta_model = timm.create_model(name, device='meta')
-    compiling(training)
     for seed, meta_block in enumerate(_checked_blocks(meta_model)):
-        block = _random_(copy.deepcopy(meta_block).to(torch.float64).to_empty(device='cpu'), seed).train(training)
+        block = _random_(copy.deepcopy(meta_block).to(torch.float64).to_empty(device='cpu'), seed).eval()
         generator = torch.Generator().manual_seed(1)
         x = torch.randn(2, block.conv1.in_channels, 4, 4, generator=generator, dtype=torch.float64)
         _check_against_se_form(block, x.requires_grad_(), se_form, F64_REL)
@@ -134,15 +123,12 @@ def test_blocks_match_se_form(name: str, training: bool, narrow_calls, se_form, 
 
 
 @pytest.mark.parametrize('name', WHOLE_MODELS)
-def test_models_match_se_form(name: str, narrow_calls, se_form, compiling):
-    """Logits and all gradients in eval and train mode (float64), channels_last and fuse_batchnorm (float32)."""
+def test_models_match_se_form(name: str, narrow_calls, se_form):
+    """Eval-mode logits and all gradients (float64), channels_last and fuse_batchnorm (float32)."""
     torch.manual_seed(0)
-    model = _random_(timm.create_model(name, num_classes=5), seed=0)
+    model = _random_(timm.create_model(name, num_classes=5), seed=0).eval()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
-    for training in (False, True):
-        compiling(training)
-        _check_against_se_form(model.train(training), x, se_form, F64_REL)
-    compiling(False)
+    _check_against_se_form(model, x, se_form, F64_REL)
     torch.manual_seed(0)
     model = randomise_batchnorm(timm.create_model(name, num_classes=5))
     x = x.detach().float()
@@ -155,13 +141,16 @@ def test_models_match_se_form(name: str, narrow_calls, se_form, compiling):
     assert narrow_calls and all(narrow_calls)
 
 
-def test_eager_training_takes_the_se_form(narrow_calls):
-    """In eager training the narrow form would cost its own pass over the full-width tensor: not taken."""
+@pytest.mark.parametrize('compiling', [False, True], ids=['eager', 'compiling'])
+def test_training_takes_the_se_form(compiling: bool, narrow_calls, monkeypatch):
+    """With batch statistics the narrow form measured slower, eager and compiled (``timm_sae.blocks``)."""
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
     model = timm.create_model('saeresnet26', num_classes=5).train()
     model(torch.randn(2, 3, 64, 64))
-    assert narrow_calls and not any(narrow_calls)
+    train_calls = len(narrow_calls)
+    assert train_calls and not any(narrow_calls)
     model.eval()(torch.randn(1, 3, 64, 64))
-    assert any(narrow_calls)
+    assert len(narrow_calls) > train_calls and all(narrow_calls[train_calls:])
 
 
 # ---------------------------------------------------------------------------------------------------
