@@ -28,7 +28,9 @@ from torch._functorch import config as functorch_config
 from torch._inductor import config as inductor_config, metrics
 
 from timm_sae import SaEBottleneck
-from timm_sae.measure import cpu_model, median_ratio, software_versions, time_interleaved
+from timm_sae.measure import median_ratio, time_interleaved
+
+from speed import environment
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 # label -> (timm model, SaE Bottlenecks run timm's Bottleneck.forward: the SE-form squeeze)
@@ -48,7 +50,9 @@ def block_of(model_name: str, se_form_squeeze: bool, path: str) -> torch.nn.Modu
     return block
 
 
-def compile_block(block: torch.nn.Module, x: torch.Tensor, train: bool, precision: str) -> Tuple[Callable[[], None], Dict[str, float]]:
+def compile_block(
+        block: torch.nn.Module, x: torch.Tensor, train: bool, precision: str,
+) -> Tuple[Callable[[], None], Dict[str, float]]:
     """The compiled block's step (inference, or forward + backward) and Inductor's kernel and traffic counts."""
     torch._dynamo.reset()
     metrics.reset()  # caches off: a graph served from a cache generates no kernels and counts no bytes
@@ -68,14 +72,17 @@ def compile_block(block: torch.nn.Module, x: torch.Tensor, train: bool, precisio
                 compiled(x)
     step()
     full_width = x.numel() * x.element_size()
-    return step, {'kernels': metrics.generated_kernel_count, 'full_width_traffic': metrics.num_bytes_accessed / full_width}
+    traffic = metrics.num_bytes_accessed / full_width
+    return step, {'kernels': metrics.generated_kernel_count, 'full_width_traffic': traffic}
 
 
 def markdown(report: dict) -> str:
+    hardware = report['hardware']
     lines = [
         f"# One block under torch.compile: {report['settings']['block']}", '',
         f"`{report['command']}`", '',
-        f"{report['hardware']['cpu']}, {report['hardware']['device']}; " + ', '.join(f'{k} {v}' for k, v in report['versions'].items()) + '.', '',
+        f"{hardware.get('gpu', hardware['cpu'])}, {hardware['torch_threads']} torch threads; "
+        + ', '.join(f'{k} {v}' for k, v in report['versions'].items()) + '.', '',
         f"Input {report['settings']['input']} on {report['settings']['device']}, "
         f"{report['settings']['precision']}, channels_last, Inductor (default mode). Traffic: bytes that the "
         'generated graphs read and write (Inductor\'s count_bytes, external conv kernels included), in units '
@@ -127,12 +134,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             results[label][mode].update(time_ratio=median_ratio(times[label], times['resnet50']),
                                         time_ratio_q1=q1, time_ratio_q3=q3)
             print(mode, label, results[label][mode], flush=True)
+    versions, hardware = environment(args.device)
     report = {
-        'command': shlex.join(['python', 'benchmarks/inductor_block.py', *(argv if argv is not None else sys.argv[1:])]),
+        'command': shlex.join(['python', 'benchmarks/inductor_block.py', *(sys.argv[1:] if argv is None else argv)]),
         'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'versions': software_versions(),
-        'hardware': {'cpu': cpu_model(), 'device': torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu',
-                     'threads': torch.get_num_threads()},
+        'versions': versions, 'hardware': hardware,
         'settings': {'block': args.block, 'input': [args.batch_size, x.shape[1], size, size], 'device': args.device,
                      'precision': args.precision, 'rounds': args.rounds, 'calls_per_round': args.calls},
         'results': results,

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
+import inductor_block  # noqa: E402
 import profile_speed  # noqa: E402
 import speed  # noqa: E402
 
@@ -118,6 +119,16 @@ def test_committed_results_table_is_generated_from_its_json():
         assert speed.markdown(json.loads(json_path.read_text())) == json_path.with_suffix('.md').read_text()
 
 
+def test_committed_block_tables_are_generated_from_their_json():
+    """inductor_block.py's committed tables (kernels, traffic, times of one compiled block) match their JSON."""
+    reports = sorted((Path(speed.__file__).parent / 'results').glob('inductor_block_*.json'))
+    assert reports
+    for json_path in reports:
+        report = json.loads(json_path.read_text())
+        assert set(report['results']) == set(inductor_block.MODELS)
+        assert inductor_block.markdown(report) == json_path.with_suffix('.md').read_text()
+
+
 @pytest.mark.parametrize('section', ['speed', 'speed-cuda'])
 def test_readme_speed_section_is_generated_from_its_json(section):
     """Each README speed section (CPU, GPU) is what ``--readme`` writes from the JSONs that the section names."""
@@ -144,7 +155,7 @@ def test_readme_section_takes_several_reports_of_one_device(tmp_path):
         speed.main(['--table-only', str(cpu), str(gpu), '--readme', str(readme)])
     assert 'old' in readme.read_text()
     assert speed.main(['--table-only', str(cpu), str(cpu), '--readme', str(readme)]) == 0
-    assert readme.read_text().count('From `a.json` (complete)') == 2
+    assert readme.read_text().count('From `a.json` (') == 2  # the committed report, complete or cut
 
 
 def test_late_compiles_are_counted():
@@ -166,7 +177,7 @@ def test_compile_model_stops_a_model_that_keeps_compiling(monkeypatch):
     events = iter(range(100))
     monkeypatch.setattr(speed, 'build_step', lambda s: lambda: None)
     monkeypatch.setattr(speed, 'compile_events', lambda: next(events))
-    setting = speed.Setting('resnet18', False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
+    setting = speed.Setting('resnet18', False, False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
     with pytest.raises(RuntimeError, match=f'still compiles after {speed.MAX_COMPILE_CALLS} calls'):
         speed.compile_model(setting)
 
