@@ -65,7 +65,7 @@ def _images(batch: int) -> torch.Tensor:
 
 
 def _eager(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The reference: eager inference, through the in-place tail."""
+    """The reference: eager inference, the SaE layer gating in place."""
     with torch.no_grad():
         return model(images)
 
