@@ -24,7 +24,9 @@ the pooled value is the same)::
 
 Both forms are exact (the tests compare values and gradients). Parameters, state dicts and the forward
 hooks, fx nodes and feature extraction of timm's blocks are unchanged: ``self.se(x, z)`` runs and returns
-the gated map (N, C, H, W), as SE's ``self.se(x)`` does.
+the gated map (N, C, H, W), as SE's ``self.se(x)`` does. Without autograd the layer gates in place in
+the block's BatchNorm output, so a forward hook on bn3 that keeps that tensor sees it gated afterwards
+under ``torch.no_grad`` / ``torch.inference_mode`` (clone it in the hook).
 
 timm's ``BasicBlock`` needs no subclass: its conv2 is 3x3, which does not commute with the mean.
 """
