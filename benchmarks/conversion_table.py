@@ -1,6 +1,6 @@
 """Tables of the registered conversion tags, with each source's ImageNet top-1 as timm reports it.
 
-    python benchmarks/conversion_table.py --readme README.md
+    python benchmarks/conversion_table.py --readme docs/pretrained.md
 
 Writes every tag to ``results/conversion_tags.md`` and the default tag of each architecture to the README's
 "conversions" section.
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     results = timm_top1()
     args.out.write_text('\n'.join([
-        '# SaE conversion tags', '', '`python benchmarks/conversion_table.py --readme README.md`', '',
+        '# SaE conversion tags', '', '`python benchmarks/conversion_table.py --readme docs/pretrained.md`', '',
         summary(results), '', *table(results)]) + '\n')
     print(f'wrote {args.out}')
     if args.readme:

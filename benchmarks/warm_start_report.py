@@ -15,7 +15,7 @@ import accuracy_report as report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json'
-README_PLOT = 'benchmarks/results/warm_start.png'  # as the README links it
+README_PLOT = '../benchmarks/results/warm_start.png'  # as docs/results.md links it
 SCRATCH = 'saeresnet18_scratch'
 # Each conversion and the run it is judged against: its continued source (same start, same further epochs).
 REFERENCES = {'resnet18_to_saeresnet18': 'resnet18_continued',

@@ -51,9 +51,9 @@ def test_tables(conversion_table):
 
 
 def test_readme_section_is_fresh(conversion_table, tmp_path):
-    readme = BENCHMARKS.parent / 'README.md'
-    copy = tmp_path / 'README.md'
+    readme = BENCHMARKS.parent / 'docs' / 'pretrained.md'
+    copy = tmp_path / 'pretrained.md'
     copy.write_text(readme.read_text())
     conversion_table.main(['--readme', str(copy), '--out', str(tmp_path / 'conversion_tags.md')])
-    assert copy.read_text() == readme.read_text(), 'run: python benchmarks/conversion_table.py --readme README.md'
+    assert copy.read_text() == readme.read_text(), 'run: python benchmarks/conversion_table.py --readme docs/pretrained.md'
     assert (tmp_path / 'conversion_tags.md').read_text() == conversion_table.ALL_TAGS.read_text()
