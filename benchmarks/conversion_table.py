@@ -1,9 +1,9 @@
 """Tables of the registered conversion tags, with each source's ImageNet top-1 as timm reports it.
 
-    python benchmarks/conversion_table.py --readme docs/pretrained.md
+    python benchmarks/conversion_table.py --doc docs/pretrained.md
 
-Writes every tag to ``results/conversion_tags.md`` and the default tag of each architecture to the README's
-"conversions" section.
+Writes every tag to ``results/conversion_tags.md`` and, with --doc, the default tag of each architecture to
+the doc's "conversions" section.
 
 Rows come from timm's registry (``timm.list_pretrained('sae*')`` after ``import timm_sae``); the top-1 of
 each source comes from ``sources/results-imagenet.csv``, rows of timm's own results file (see
@@ -12,8 +12,12 @@ compute the same function, but the table does not claim measurements of ours.
 """
 import argparse
 import csv
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+if __package__ in (None, ''):  # run as a file (python benchmarks/conversion_table.py): import the package from the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import timm
 from timm.models import get_pretrained_cfg
@@ -21,11 +25,10 @@ from timm.models import get_pretrained_cfg
 import timm_sae  # noqa: F401  (registers the SaE family and its conversion tags)
 from timm_sae.convert import is_non_commercial, loads_se_weights
 
-from readme_sections import update_readme_section
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, update_doc_section
 
-SOURCES = Path(__file__).resolve().parent / 'sources'
-RESULTS = SOURCES / 'results-imagenet.csv'
-ALL_TAGS = Path(__file__).resolve().parent / 'results' / 'conversion_tags.md'
+RESULTS = REPO_ROOT / 'benchmarks' / 'sources' / 'results-imagenet.csv'
+ALL_TAGS = RESULTS_DIR / 'conversion_tags.md'
 
 
 def timm_top1(path: Path = RESULTS) -> Dict[str, dict]:
@@ -81,19 +84,19 @@ def summary(results: Dict[str, dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--readme', type=Path, help='rewrite the "conversions" section of this README')
+    parser.add_argument('--doc', type=Path, help='also rewrite the "conversions" section of this doc (docs/pretrained.md)')
     parser.add_argument('--out', type=Path, default=ALL_TAGS, help='the table of every tag (default %(default)s)')
     args = parser.parse_args(argv)
     results = timm_top1()
     args.out.write_text('\n'.join([
-        '# SaE conversion tags', '', '`python benchmarks/conversion_table.py --readme docs/pretrained.md`', '',
+        '# SaE conversion tags', '', '`python benchmarks/conversion_table.py --doc docs/pretrained.md`', '',
         summary(results), '', *table(results)]) + '\n')
     print(f'wrote {args.out}')
-    if args.readme:
+    if args.doc:
         body = '\n'.join([
             summary(results) + ' The default tag of each architecture (what `pretrained=True` loads); every tag: '
             '`benchmarks/results/conversion_tags.md`.', '', *table(results, defaults_only=True)])
-        update_readme_section('conversions', body, 'benchmarks/conversion_table.py', args.readme)
+        update_doc_section(args.doc, 'conversions', body, 'benchmarks/conversion_table.py')
 
 
 if __name__ == '__main__':

@@ -9,13 +9,18 @@ card ``README.md`` next to it. Nothing in the card is typed by hand.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+if __package__ in (None, ''):  # run as a file (python benchmarks/fmnist_card.py): import the package from the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 from timm_sae.cards import RESULTS_NAME, write_card
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / 'benchmarks' / 'results' / 'accuracy.json'
+from benchmarks.accuracy import PATHS
+from benchmarks.common import REPO_ROOT
+
 CARD_DIR = REPO_ROOT / 'hub_cards' / 'saeresnet18.fmnist'
 CONFIG, SEED = 'saeresnet18', 0
 CHECKPOINT = 'runs/fmnist/saeresnet18_seed0.pth.tar'
@@ -60,7 +65,7 @@ def card_results(accuracy: Dict[str, Any]) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--results', type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument('--results', type=Path, default=PATHS.results)
     args = parser.parse_args(argv)
     CARD_DIR.mkdir(parents=True, exist_ok=True)
     results = card_results(json.loads(args.results.read_text()))

@@ -29,10 +29,10 @@ for part; do
         echo "usage: bash benchmarks/gpu_run.sh [block] [warm_start] [speed] [accuracy]" >&2; exit 2; }
 done
 deadline=${DEADLINE_S:-570}
-export PYTHONPATH=benchmarks:. PYTHONUNBUFFERED=1
+export PYTHONPATH=. PYTHONUNBUFFERED=1
 if compgen -G '.whl/timm-1.0.31-*.whl' >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/timm-1.0.31-*.whl || exit 1
-    export PYTHONPATH=/tmp/site:benchmarks:.
+    export PYTHONPATH=/tmp/site:.
 fi
 log=$OUT/gpu_run.log
 {

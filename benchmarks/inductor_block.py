@@ -13,13 +13,14 @@ and each block's time ratio to resnet50's is the median over rounds.
 """
 import argparse
 import datetime
-import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
 from types import MethodType
 from typing import Callable, Dict, List, Optional, Tuple
+
+if __package__ in (None, ''):  # run as a file (python benchmarks/inductor_block.py): import the package from the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import timm
 import torch
@@ -30,9 +31,8 @@ from torch._inductor import config as inductor_config, metrics
 from timm_sae import SaEBottleneck
 from timm_sae.measure import median_ratio, time_interleaved
 
-from speed import environment
+from benchmarks.common import RESULTS_DIR, command_line, environment, write_report
 
-RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 # label -> (timm model, SaE Bottlenecks run timm's Bottleneck.forward: the SE-form squeeze)
 MODELS = {
     'resnet50': ('resnet50', False),
@@ -136,17 +136,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(mode, label, results[label][mode], flush=True)
     versions, hardware = environment(args.device)
     report = {
-        'command': shlex.join(['python', 'benchmarks/inductor_block.py', *(sys.argv[1:] if argv is None else argv)]),
+        'command': command_line(__file__, sys.argv[1:] if argv is None else argv),
         'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'versions': versions, 'hardware': hardware,
         'settings': {'block': args.block, 'input': [args.batch_size, x.shape[1], size, size], 'device': args.device,
                      'precision': args.precision, 'rounds': args.rounds, 'calls_per_round': args.calls},
         'results': results,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + '\n')
-    out.with_suffix('.md').write_text(markdown(report))
-    print(f'wrote {out} and {out.with_suffix(".md")}')
+    write_report(out, report, markdown, indent=2)
     return 0
 
 

@@ -19,21 +19,21 @@ Writes ``benchmarks/results/profile_<pair>_<mode>_<backend>_<device>.json`` and 
 """
 import argparse
 import datetime
-import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+if __package__ in (None, ''):  # run as a file (python benchmarks/profile_speed.py): import the package from the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import torch
 from torch._inductor import config as inductor_config
 from torch.profiler import ProfilerActivity, profile
 
-from speed import (
-    COMPILE_BACKENDS, MODES, PAIRS, RESULTS_DIR, Setting, backend_label, build_step, compile_model, device_sync,
-    environment)
+from benchmarks.common import RESULTS_DIR, command_line, environment, write_report
+from benchmarks.speed import (
+    COMPILE_BACKENDS, MODES, PAIRS, Setting, backend_label, build_step, compile_model, device_sync)
 
 
 def profile_model(s: Setting, warmup: int, steps: int, top: int) -> dict:
@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         models[e.label] = profile_model(setting, args.warmup, args.steps, args.top)
         print(f"  {models[e.label]['step_ms_profiled']:.1f} ms per profiled step", flush=True)
     report = {
-        'command': shlex.join(['python', os.path.relpath(__file__), *argv]),
+        'command': command_line(__file__, argv),
         'created': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         'versions': versions,
         'hardware': hardware,
@@ -172,10 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         'models': models,
     }
     out = args.out or RESULTS_DIR / f"profile_{args.pair}_{args.mode}_{backend}_{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + '\n')
-    out.with_suffix('.md').write_text(markdown(report))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_report(out, report, markdown)
     return 0
 
 

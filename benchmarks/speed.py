@@ -27,10 +27,10 @@ Usage (from the repository root)::
     python benchmarks/speed.py --device cpu --batch-size 16 --train-batch-size 8 --compile resnet50 resnext50
     python benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 --modes infer-cl train-cl --compile
     python benchmarks/speed.py --quick --compile --compile-backend aot_eager --out /tmp/speed.json  # tiny, for tests
-    python benchmarks/speed.py --table-only benchmarks/results/speed_cpu.json
 
 Writes ``benchmarks/results/speed_<device>.json`` (settings, versions, hardware, the exact command,
-per-round times, ratios) and the markdown table ``speed_<device>.md`` generated from it.
+per-round times, ratios) and the markdown table ``speed_<device>.md`` generated from it
+(``benchmarks/speed_report.py`` regenerates the tables, and the speed sections of docs/speed.md).
 """
 import argparse
 import contextlib
@@ -38,7 +38,6 @@ import datetime
 import gc
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MethodType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ''):  # run as a file (python benchmarks/speed.py): import the package from the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import timm
 import torch
@@ -58,11 +60,11 @@ from torch._inductor import utils as inductor_utils
 import timm_sae  # noqa: F401  (registers the SaE models)
 from timm_sae import SaEBottleneck
 from timm_sae.fuse import fuse_batchnorm
-from timm_sae.measure import cpu_model, describe, median_ratio, software_versions, time_interleaved
+from timm_sae.measure import describe, median_ratio, time_interleaved
 
-from readme_sections import update_readme_section
+from benchmarks.common import RESULTS_DIR, command_line, environment
+from benchmarks.speed_report import compile_flags, write_tables
 
-RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MIB = 2 ** 20
 TRAIN_STEP = 'forward + backward + SGD step (momentum 0.9), cross-entropy on random labels'
 COMPILE_BACKENDS = ('inductor', 'aot_eager')  # aot_eager: traced, no code generated (fast to compile, for tests)
@@ -371,7 +373,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
             record = compiled[e.label]
             record['compile_s'] = record['compile_calls_s'] - record['compile_calls'] * statistics.median(t)
             models[-1]['compile'] = record
-            line += f"  (compile {record['compile_s']:.1f} s{_compile_flags(record)})"
+            line += f"  (compile {record['compile_s']:.1f} s{compile_flags(record)})"
         print(line, flush=True)
     return {
         'pair': pair_name, 'mode': mode, 'task': task,
@@ -379,150 +381,6 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
         'backend': backend_label(backend), 'batch_size': batch_size,
         'references': list(pair.references), 'note': pair.note, 'models': models,
     }
-
-
-def _compile_flags(record: dict) -> str:
-    """What makes a compiled row suspect: graph breaks, compilations during the timed rounds."""
-    flags = []
-    if record['graphs'] != 1:
-        flags.append(f"{record['graphs']} graphs")
-    if record['late_compiles']:
-        flags.append(f"RECOMPILED {record['late_compiles']}x in warm-up or timed rounds: timing invalid")
-    return ''.join(f', {flag}' for flag in flags)
-
-
-def environment(device: str) -> Tuple[dict, dict]:
-    """(versions, hardware) for the report."""
-    versions = software_versions()
-    hardware = {
-        'cpu': cpu_model(), 'cpu_cores': os.cpu_count(), 'cpus_usable': len(os.sched_getaffinity(0)),
-        'torch_threads': torch.get_num_threads(), 'load_average_at_start': os.getloadavg(),
-    }
-    if device.startswith('cuda'):
-        hardware.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
-    return versions, hardware
-
-
-def _ratio_cell(ratio: Optional[dict]) -> str:
-    if ratio is None:
-        return '1 (ref)'
-    return f"{ratio['median']:.3f} [{ratio['q1']:.2f}, {ratio['q3']:.2f}]"
-
-
-def _compile_cell(model: dict) -> str:
-    """Compile time in seconds, with its flags; '-' for an eager row."""
-    record = model.get('compile')
-    return '-' if record is None else f"{record['compile_s']:.1f}{_compile_flags(record)}"
-
-
-def markdown(report: dict) -> str:
-    """The markdown tables of a report (generated from the JSON alone)."""
-    st, hw, ver = report['settings'], report['hardware'], report['versions']
-    gpu = f", GPU {hw['gpu']} (CUDA {hw['cuda']})" if 'gpu' in hw else ''
-    lines = [
-        f"# SaE vs SE vs ResNet: speed on {st['device']}",
-        '',
-        *([] if report['complete'] else [
-            f"**Incomplete: {len(report['results'])} of {len(report['planned'])} modes ran.**", '']),
-        f"`{report['command']}`",
-        '',
-        f"CPU {hw['cpu']} ({hw['cpu_cores']} cores, {hw['torch_threads']} torch threads){gpu}; "
-        f"load average at start {', '.join(f'{v:.2f}' for v in hw['load_average_at_start'])}. "
-        f"python {ver['python']}, torch {ver['torch']}, timm {ver['timm']}, timm_sae {ver['timm_sae']}.",
-        '',
-        f"{st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, training batch "
-        f"{st['train_batch_size']}; {st['rounds']} rounds after {st['warmup']} warm-up, models in turn "
-        f"within each round. Training step: {st['train_step']}.",
-        '',
-        'Ratios are throughput ratios (> 1: faster than the reference; memory: < 1 uses less), the median '
-        'over rounds of t_ref / t_model, with the quartiles of the per-round ratios in brackets. '
-        f"Peak memory: {st['memory']}.",
-        '',
-        *([f"Compiled modes: {st['compile']}.", ''] if 'compile' in st else []),
-        '| model | params (M) | GMACs |',
-        '|---|---:|---:|',
-        *[f"| {name} | {m['params_m']:.2f} | {m['gmacs']:.2f} |" for name, m in report['models'].items()],
-    ]
-    for pair in dict.fromkeys(r['pair'] for r in report['results']):
-        results = [r for r in report['results'] if r['pair'] == pair]
-        refs = results[0]['references']
-        lines += ['', f'## {pair}', '']
-        if results[0]['note']:
-            lines += [results[0]['note'], '']
-        with_compile = any('compile' in m for r in results for m in r['models'])
-        lines += [
-            '| mode | backend | batch | model | img/s | ' + ' | '.join(f'vs {r}' for r in refs)
-            + ' | peak MiB | ' + ' | '.join(f'memory vs {r}' for r in refs) + ' |'
-            + (' compile s |' if with_compile else ''),
-            '|---|---|---:|---|---:|' + '---:|' * len(refs) + '---:|' + '---:|' * len(refs)
-            + ('---:|' if with_compile else ''),
-        ]
-        for r in results:
-            for m in r['models']:
-                mem = m['peak_memory_mib']
-                cells = [
-                    r['mode'], r['backend'], str(r['batch_size']), m['label'], f"{m['images_per_s']:.1f}",
-                    *[_ratio_cell(m['throughput_ratio'].get(ref)) for ref in refs],
-                    '-' if mem is None else f'{mem:.0f}',
-                    *['-' if mem is None else f"{m['memory_ratio'].get(ref, 1.):.3f}" for ref in refs],
-                    *([_compile_cell(m)] if with_compile else []),
-                ]
-                lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines) + '\n'
-
-
-def readme_summary(report: dict, source: str) -> str:
-    """The README's section: the SaE model of each pair against its references, per mode."""
-    st, hw, ver = report['settings'], report['hardware'], report['versions']
-    device = f"GPU {hw['gpu']}" if 'gpu' in hw else f"CPU {hw['cpu']}, {hw['torch_threads']} torch threads"
-    with_compile = any('compile' in m for r in report['results'] for m in r['models'])
-    lines = [
-        f"From `{source}` ({'complete' if report['complete'] else 'INCOMPLETE'}): {device}; torch {ver['torch']}, "
-        f"timm {ver['timm']}; {st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, "
-        f"training batch {st['train_batch_size']}, {st['rounds']} interleaved rounds; `{report['command']}`. "
-        'Throughput ratio of the first model of each row to the reference (> 1: faster), median over rounds '
-        '[quartiles]; memory: ratio of peak memory (< 1: less).'
-        + (' Compiled rows: steady state after compilation; compile s: compile time of the model, then of the '
-           'reference (each with a fresh Inductor cache).' if with_compile else ''),
-        '',
-        '| model | reference | mode | backend | throughput ratio | memory ratio |'
-        + (' compile s |' if with_compile else ''),
-        '|---|---|---|---|---:|---:|' + ('---:|' if with_compile else ''),
-    ]
-    for r in report['results']:
-        first = r['models'][0]
-        by_label = {m['label']: m for m in r['models']}
-        for ref, ratio in first['throughput_ratio'].items():
-            memory = first['memory_ratio'].get(ref)
-            compile_cell = (
-                f" {_compile_cell(first)} / {_compile_cell(by_label[ref])} |" if 'compile' in first
-                else ' - |' if with_compile else '')
-            lines.append(
-                f"| {first['label']} | {ref} | {r['mode']} | {r['backend']} | {_ratio_cell(ratio)} | "
-                f"{'-' if memory is None else f'{memory:.3f}'} |{compile_cell}")
-    return '\n'.join(lines) + '\n'
-
-
-def readme_section(report: dict) -> str:
-    """The README section of a report's device: ``speed`` for the CPU, ``speed-cuda`` for the GPU."""
-    device = report['settings']['device'].split(':')[0]
-    return 'speed' if device == 'cpu' else f'speed-{device}'
-
-
-def write_tables(json_paths: Sequence[Path], readme: Optional[Path] = None) -> List[Path]:
-    """(Re)generate the markdown table next to each report JSON, and, when given, the README's section of
-    their device: one summary per report, in the order given (all of one device)."""
-    reports = [json.loads(path.read_text()) for path in json_paths]
-    for path, report in zip(json_paths, reports):
-        path.with_suffix('.md').write_text(markdown(report))
-    if readme:
-        sections = {readme_section(report) for report in reports}
-        if len(sections) != 1:
-            raise SystemExit(f'--readme takes reports of one device; these go to the sections {sorted(sections)}')
-        summaries = [readme_summary(report, os.path.relpath(path.resolve(), readme.resolve().parent))
-                     for path, report in zip(json_paths, reports)]
-        update_readme_section(sections.pop(), '\n'.join(summaries), 'benchmarks/speed.py', readme)
-    return [path.with_suffix('.md') for path in json_paths]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -545,10 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch default; --quick 1)')
     parser.add_argument('--quick', action='store_true', help='tiny settings: one pair, one mode, for tests')
     parser.add_argument('--out', type=Path, help='JSON path (default benchmarks/results/speed_<device>.json)')
-    parser.add_argument('--table-only', type=Path, nargs='+', metavar='JSON',
-                        help='only regenerate the markdown of these JSONs (and with --readme their README section)')
-    parser.add_argument('--readme', type=Path,
-                        help='also rewrite the section of this README for the device: "speed" (CPU), "speed-cuda"')
     parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
     return parser
 
@@ -560,9 +414,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         setting = Setting(**json.loads(args.memory_probe))
         torch.set_num_threads(setting.threads)
         print(_probe_memory(setting))
-        return 0
-    if args.table_only:
-        print('wrote ' + ', '.join(map(str, write_tables(args.table_only, args.readme))))
         return 0
 
     for key, value in (QUICK if args.quick else FULL).items():
@@ -587,7 +438,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cuda = args.device.startswith('cuda')
     names = dict.fromkeys(e.model for p in args.pairs for e in PAIRS[p].entries)
     report = {
-        'command': shlex.join(['python', os.path.relpath(__file__), *argv]),
+        'command': command_line(__file__, argv),
         'created': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         'complete': False,
         'versions': versions,
@@ -621,7 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report['complete'] = len(report['results']) == len(planned)
         hardware['load_average_at_end'] = os.getloadavg()
         out.write_text(json.dumps(report, indent=1) + '\n')
-        write_tables([out], args.readme)
+        write_tables([out])
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -28,19 +28,23 @@ from typing import Any, Dict, Optional, Sequence, Set, Tuple
 import numpy as np
 import torch
 
+if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start.py): import the package from the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 from timm_sae.convert import convert_state_dict
 
-import accuracy
-from accuracy import BASE_BATCH, REPO_ROOT, DeviceData, Normalize, Run, Schedule
-from fashion_mnist import load_fashion_mnist
+from benchmarks.common import (
+    BASE_BATCH, REPO_ROOT, DeviceData, Normalize, Run, Schedule, SweepPaths, as_json, checkpoint_path, command_line,
+    create_model, fmnist_protocol, load_fashion_mnist, load_results, predict, resolve_sweep_args, run_record,
+    run_sweep, score, seed_everything, sweep_parser, train, train_run)
 
-PATHS = accuracy.SweepPaths(
+PATHS = SweepPaths(
     results=REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json',
     checkpoint_dir=REPO_ROOT / 'runs' / 'warm_start',
     quick_results=REPO_ROOT / 'runs' / 'warm_start' / 'quick' / 'warm_start_quick.json',
     quick_checkpoint_dir=REPO_ROOT / 'runs' / 'warm_start' / 'quick',
 )
-SOURCES = ('resnet18', 'seresnet18')  # configurations of the accuracy benchmark
+SOURCES = ('resnet18', 'seresnet18')  # timm models, trained as the accuracy benchmark's configurations of that name
 FINETUNE_LR = 0.01  # at batch BASE_BATCH: a tenth of the sources' peak learning rate
 FINETUNE_DATA_SEED = 1000  # the fine-tuning of seed s shuffles and augments with seed 1000 + s
 
@@ -72,7 +76,7 @@ ARMS: Dict[str, Arm] = {
 
 def build_protocol(args: argparse.Namespace, data: Dict[str, np.ndarray]) -> Dict[str, Any]:
     """The study's protocol, stored with the results (part of every run's identity)."""
-    sources = accuracy.build_protocol(args, data)
+    sources = fmnist_protocol(args, data)
     return {
         'study': 'warm starts into saeresnet18 from trained resnet18 / seresnet18 sources, Fashion-MNIST',
         'quick': args.quick,
@@ -123,7 +127,7 @@ def file_sha256(path: Path) -> str:
 
 def load_source(checkpoint_dir: Path, source: str, seed: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The saved validation-chosen weights of a source run, and what identifies them."""
-    path = accuracy.checkpoint_path(checkpoint_dir, source, seed)
+    path = checkpoint_path(checkpoint_dir, source, seed)
     raw = path.read_bytes()
     checkpoint = torch.load(io.BytesIO(raw), map_location='cpu', weights_only=True)
     info = {'config': source, 'seed': seed, 'checkpoint': str(path), 'sha256': hashlib.sha256(raw).hexdigest(),
@@ -141,9 +145,9 @@ def conversion_check(
     fp32 = {'device_type': device.type, 'enabled': False}
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
         source_logits, converted_logits = (
-            accuracy.predict(model.to(device), data.test_x, normalize, 512, fp32) for model in (source, converted))
-    source_top1, source_loss = accuracy.score(source_logits, data.test_y)
-    converted_top1, converted_loss = accuracy.score(converted_logits, data.test_y)
+            predict(model.to(device), data.test_x, normalize, 512, fp32) for model in (source, converted))
+    source_top1, source_loss = score(source_logits, data.test_y)
+    converted_top1, converted_loss = score(converted_logits, data.test_y)
     return {
         'test_images': len(data.test_y),
         'source_test_top1': source_top1, 'source_test_loss': source_loss,
@@ -158,15 +162,15 @@ def train_arm(name: str, seed: int, protocol: Dict[str, Any], data: DeviceData, 
               position: int) -> Dict[str, Any]:
     """Train one arm with one seed; its results record."""
     arm = ARMS[name]
-    accuracy.seed_everything(seed)
-    model = accuracy.create_model(arm.model, **arm.kwargs)
+    seed_everything(seed)
+    model = create_model(arm.model, **arm.kwargs)
     source_info = conversion = None
     if arm.source is None:
         schedule, data_seed = scratch_schedule(protocol), seed
     else:
         state, source_info = load_source(checkpoint_dir, arm.source, seed)
         if arm.convert:
-            source = accuracy.create_model(arm.source)
+            source = create_model(arm.source)
             source.load_state_dict(state)
             state = convert_state_dict(state, model)
             model.load_state_dict(state)
@@ -174,9 +178,9 @@ def train_arm(name: str, seed: int, protocol: Dict[str, Any], data: DeviceData, 
         else:
             model.load_state_dict(state)
         schedule, data_seed = finetune_schedule(protocol), FINETUNE_DATA_SEED + seed
-    training = accuracy.train(model, schedule, protocol['sources'], data, data_seed, f'{name} seed {seed}', position,
+    training = train(model, schedule, protocol['sources'], data, data_seed, f'{name} seed {seed}', position,
                               evaluate_start=arm.source is not None)
-    record = accuracy.run_record(name, arm.model, arm.kwargs, seed, model, training, protocol['sources'])
+    record = run_record(name, arm.model, arm.kwargs, seed, model, training, protocol['sources'])
     record.update(role='arm', schedule=asdict(schedule), source=source_info, start=training.start,
                   conversion=conversion)
     return record
@@ -188,7 +192,7 @@ def train_study_run(run: Run, data: DeviceData, position: int, protocol: Dict[st
     name, seed = run
     if name not in SOURCES:
         return train_arm(name, seed, protocol, data, checkpoint_dir, position)
-    record = accuracy.train_run(name, seed, protocol['sources'], data, checkpoint_dir, position, save_checkpoint=True)
+    record = train_run(name, name, {}, seed, protocol['sources'], data, checkpoint_dir, position, save_checkpoint=True)
     record['role'] = 'source'
     record['schedule'] = asdict(Schedule.of(protocol['sources']))
     record['checkpoint']['sha256'] = file_sha256(Path(record['checkpoint']['path']))
@@ -211,7 +215,7 @@ def check_source_checkpoints(results: Dict[str, Any], results_path: Path, reques
         if arm is None or arm.source is None or (name, seed) in finished or (arm.source, seed) not in finished:
             continue
         recorded = finished[(arm.source, seed)]['checkpoint']
-        path = accuracy.checkpoint_path(checkpoint_dir, arm.source, seed)
+        path = checkpoint_path(checkpoint_dir, arm.source, seed)
         if not path.is_file() or file_sha256(path) != recorded['sha256']:
             problem = 'differs from the one recorded' if path.is_file() else 'is missing'
             raise SystemExit(
@@ -223,7 +227,7 @@ def check_source_checkpoints(results: Dict[str, Any], results_path: Path, reques
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Command-line options, with the --quick defaults filled in."""
-    parser = accuracy.sweep_parser(
+    parser = sweep_parser(
         __doc__.split('\n\n')[0], 'smoke run: 1 seed, 1 source epoch, 1 fine-tuning epoch, a small subset, batch 64',
         PATHS, epochs_help='epochs of the sources (default 15; 1 with --quick)')
     parser.add_argument('--finetune-epochs', type=int, default=None, metavar='E',
@@ -232,7 +236,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.finetune_epochs is None:
         args.finetune_epochs = 1 if args.quick else 5
-    return accuracy.resolve_sweep_args(parser, args, PATHS, ('seeds', 'epochs', 'workers', 'finetune_epochs'))
+    return resolve_sweep_args(parser, args, PATHS, ('seeds', 'epochs', 'workers', 'finetune_epochs'))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -241,14 +245,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
     data = load_fashion_mnist(args.data_dir)
-    protocol = accuracy.as_json(build_protocol(args, data))
-    results = accuracy.load_results(args.results, protocol)
+    protocol = as_json(build_protocol(args, data))
+    results = load_results(args.results, protocol)
     # seed-major, sources first: an interrupted study is balanced and every arm finds its source done
     requested = [(name, seed) for seed in range(args.seeds) for name in (*SOURCES, *ARMS)]
     check_source_checkpoints(results, args.results, requested, args.checkpoint_dir)
     job = functools.partial(train_study_run, protocol=protocol, checkpoint_dir=args.checkpoint_dir)
-    return accuracy.run_sweep('benchmarks/warm_start.py', argv, args, data, results, requested, job, started,
-                              ready=source_finished)
+    return run_sweep(command_line(__file__, argv), args, data, results, requested, job, started,
+                     ready=source_finished)
 
 
 if __name__ == '__main__':

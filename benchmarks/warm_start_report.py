@@ -1,21 +1,22 @@
 """Report of the warm-start study written by benchmarks/warm_start.py.
 
     python benchmarks/warm_start_report.py [--results benchmarks/results/warm_start.json] [--out-dir benchmarks/results]
-    python benchmarks/warm_start_report.py --readme README.md     # also the README's "warm-start" section
+    python benchmarks/warm_start_report.py --doc docs/results.md     # also the doc's "warm-start" section
 
 Writes ``warm_start.md`` (test top-1 per run group, mean +- std over seeds; each conversion against its
 continued source and against saeresnet18 from scratch with a 95% Welch t interval; the epoch-0 check of
 every conversion; a one-line verdict; missing runs, protocol, versions, hardware, commands) and
 ``warm_start.png`` (test top-1 per epoch of the sources, the arms from their starting point, and scratch).
 """
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import accuracy_report as report
+if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start_report.py): import the package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json'
-README_PLOT = '../benchmarks/results/warm_start.png'  # as docs/results.md links it
+from benchmarks import common as report
+from benchmarks.warm_start import PATHS
 SCRATCH = 'saeresnet18_scratch'
 # Each conversion and the run it is judged against: its continued source (same start, same further epochs).
 REFERENCES = {'resnet18_to_saeresnet18': 'resnet18_continued',
@@ -98,7 +99,7 @@ def verdict_line(results: Dict[str, Any], runs: Dict[str, List[Dict[str, Any]]])
 
 
 def summary(results: Dict[str, Any]) -> List[str]:
-    """The table, the comparisons, the epoch-0 check and the verdict (also the README's section)."""
+    """The table, the comparisons, the epoch-0 check and the verdict (also the doc's section)."""
     runs = report.group_runs(results, ORDER)
     columns = [
         report.COLUMNS['configuration'], ('role', lambda rs: rs[0]['role']), ('start', start_text),
@@ -205,18 +206,18 @@ def plot(results: Dict[str, Any], path: Path) -> None:
                                            f'epochs (curves for the plot only; selection uses validation)')
 
 
-def readme_summary(results: Dict[str, Any], source: str) -> str:
-    """The README's section: where the figures come from, the summary and the plot."""
+def doc_summary(results: Dict[str, Any], source: str, plot_link: str) -> str:
+    """The doc's section: where the figures come from, the summary and the plot."""
     counts = f'{len(results["runs"])} runs'
     return '\n'.join([report.provenance(results, source, counts), '', *summary(results), '',
-                      f'![test top-1 per epoch of the warm starts]({README_PLOT})']) + '\n'
+                      f'![test top-1 per epoch of the warm starts]({plot_link})']) + '\n'
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Tuple[Path, Path]:
-    """Write warm_start.md and warm_start.png (and the README's section with --readme); their paths."""
-    return report.report_command(argv, __doc__.split('\n\n')[0], DEFAULT_RESULTS, 'benchmarks/warm_start.py',
+    """Write warm_start.md and warm_start.png (and the doc's section with --doc); their paths."""
+    return report.report_command(argv, __doc__.split('\n\n')[0], PATHS.results, 'benchmarks/warm_start.py',
                                  'warm_start', 'warm-start', 'benchmarks/warm_start_report.py', markdown, plot,
-                                 readme_summary)
+                                 doc_summary)
 
 
 if __name__ == '__main__':

@@ -1,21 +1,18 @@
-"""The Fashion-MNIST accuracy benchmark: IDX loader, batched augmentation, --quick sweep, resume and report.
+"""The Fashion-MNIST accuracy benchmark: IDX loader, batched augmentation, --quick sweep, resume and report, and
+the generated sections of the docs.
 
 Everything runs offline on tiny synthetic IDX files written to a temporary directory.
 """
 import gzip
 import json
-import sys
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
-
-import accuracy  # noqa: E402
-import accuracy_report  # noqa: E402
-import fashion_mnist  # noqa: E402
+from benchmarks import accuracy, accuracy_report, common, fashion_mnist
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -99,7 +96,7 @@ def test_validation_split_is_fixed_and_disjoint():
 
 def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_input():
     x = torch.rand(64, 2, 8, 8)
-    out = accuracy.random_crop_flip(x, 3, torch.Generator().manual_seed(1))
+    out = common.random_crop_flip(x, 3, torch.Generator().manual_seed(1))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
     flips = []
@@ -166,30 +163,25 @@ def test_workers_train_runs_in_spawned_processes(data_dir, tmp_path):
     assert results['missing'] == [] and results['invocations'][-1]['workers'] == 2
 
 
-@pytest.mark.parametrize('df, quantile', [(1, 12.706205), (2, 4.302653), (4, 2.776445), (10, 2.228139),
-                                          (30, 2.042272), (1000, 1.962339)])
-def test_t_quantile_matches_tables(df, quantile):
-    assert accuracy_report.t_ppf(0.975, df) == pytest.approx(quantile, abs=1e-4)
-    assert accuracy_report.t_ppf(0.025, df) == pytest.approx(-quantile, abs=1e-4)
-
-
 def test_welch_interval():
-    assert accuracy_report.welch_interval([1.], [1., 2.]) is None
-    diff, low, high = accuracy_report.welch_interval([1., 2., 3.], [1., 2., 3., 4., 5.])
-    # Hand-computed: diff -1, se^2 = 1/3 + 2.5/5, df = (5/6)^2 / ((1/3)^2/2 + (1/2)^2/4) = 5.88.
-    half = accuracy_report.t_ppf(0.975, (5 / 6) ** 2 / ((1 / 3) ** 2 / 2 + 0.25 ** 2)) * (5 / 6) ** 0.5
-    assert diff == pytest.approx(-1.) and low == pytest.approx(-1. - half) and high == pytest.approx(-1. + half)
-    assert half / (5 / 6) ** 0.5 == pytest.approx(2.4588, abs=1e-4)  # t_{0.975, 5.88}
+    assert common.welch_interval([1.], [1., 2.]) is None
+    assert common.welch_interval([2., 2.], [1., 1., 1.]) == (1., 1., 1.)
+    diff, low, high = common.welch_interval([1., 2., 3.], [1., 2., 3., 4., 5.])
+    # Hand-computed: diff -1, se^2 = 1/3 + 2.5/5 = 5/6, df = (5/6)^2 / ((1/3)^2/2 + (1/2)^2/4) = 5.88,
+    # t_{0.975, 5.88} = 2.4588 (from a t table)
+    assert diff == pytest.approx(-1.)
+    assert (high - low) / 2 == pytest.approx(2.4588 * (5 / 6) ** 0.5, abs=1e-4) and (low + high) / 2 == pytest.approx(-1.)
 
 
 def fabricated_results() -> dict:
-    """A structurally valid results document: 3 seeds of most configurations, 1 of one, one run missing."""
+    """A structurally valid results document: 3 seeds of most configurations, 1 of one, two runs missing; the SaE
+    configurations 0.3 points above the others."""
     runs = []
     for config, (model, kwargs) in accuracy.CONFIGS.items():
         for seed in range(1 if config == 'resnet18_cbam' else 3):
             top1 = 92. + 0.1 * seed + (0.3 if model == 'saeresnet18' else 0.)
             runs.append({
-                'config': config, 'model': model, 'model_kwargs': kwargs, 'seed': seed,
+                'config': config, 'model': model, 'model_kwargs': common.as_json(kwargs), 'seed': seed,
                 'test_top1': top1, 'test_loss': 0.25, 'best_val_top1': top1 + 0.2, 'best_epoch': 3,
                 'params': 11_200_000, 'gmacs': 0.0355,
                 'curve': {'train_loss': [1.0, 0.6, 0.5], 'val_top1': [85., 90., top1 + 0.2],
@@ -204,13 +196,18 @@ def fabricated_results() -> dict:
     }
 
 
+def table_rows(text: str) -> dict:
+    """The rows of the markdown table(s) in ``text`` by their first cell."""
+    return {line.split(' | ')[0].lstrip('| '): line for line in text.splitlines() if line.startswith('| ')}
+
+
 def test_report_writes_markdown_and_png(tmp_path):
     path = tmp_path / 'accuracy.json'
     path.write_text(json.dumps(fabricated_results()))
     md, png = accuracy_report.main(['--results', str(path), '--out-dir', str(tmp_path / 'out')])
     text = md.read_text()
     assert 'Incomplete sweep: 2 requested run(s) missing' in text and '- resnet18_cbam seed 2' in text
-    rows = {line.split(' | ')[0].lstrip('| '): line for line in text.splitlines() if line.startswith('| ')}
+    rows = table_rows(text)
     assert set(accuracy.CONFIGS) <= set(rows)
     assert '| 3 | 92.40 ± 0.10 | +0.30 [' in rows['saeresnet18']
     assert 'n/a (needs ≥ 2 seeds' in rows['resnet18_cbam'] and '| reference |' in rows['seresnet18']
@@ -218,6 +215,39 @@ def test_report_writes_markdown_and_png(tmp_path):
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def test_report_refuses_missing_results(tmp_path):
+def test_report_refuses_missing_results(tmp_path, capsys):
     with pytest.raises(SystemExit):
         accuracy_report.main(['--results', str(tmp_path / 'nope.json'), '--out-dir', str(tmp_path)])
+    assert 'nope.json does not exist; run benchmarks/accuracy.py first' in capsys.readouterr().err
+
+
+# the committed results and the generated sections of the docs
+
+DOCS = ('results.md', 'speed.md', 'pretrained.md')
+
+
+def test_committed_report_and_doc_section_are_generated_from_the_committed_results():
+    """results/accuracy.md and docs/results.md's accuracy section are what the report writes from the JSON."""
+    json_path = common.RESULTS_DIR / 'accuracy.json'
+    results = json.loads(json_path.read_text())
+    assert results['missing'] == [] and len(results['runs']) >= 27
+    assert (common.RESULTS_DIR / 'accuracy.md').read_text() == accuracy_report.markdown(results, json_path.name)
+    doc = common.REPO_ROOT / 'docs' / 'results.md'
+    assert common.doc_section(doc, 'accuracy') == accuracy_report.doc_summary(
+        results, 'benchmarks/results/accuracy.json', '../benchmarks/results/accuracy.png')
+
+
+@pytest.mark.parametrize('doc', DOCS)
+def test_doc_sections_name_files_from_the_root_and_link_images_from_the_doc(doc):
+    """One rule for every generated section: files named in the text relative to the repository root (and
+    present), image links relative to the doc."""
+    path = common.REPO_ROOT / 'docs' / doc
+    names = re.findall(r'<!-- begin ([\w-]+): generated by benchmarks/\w+\.py -->', path.read_text())
+    assert names
+    for name in names:
+        body = common.doc_section(path, name)
+        for named in re.findall(r'`((?:benchmarks|docs|timm_sae)/[^`\s]+\.\w+)`', body):
+            assert (common.REPO_ROOT / named).is_file(), (name, named)
+        assert re.findall(r'^From `(benchmarks/results/[^`]+)`', body, re.MULTILINE) or name == 'conversions'
+        for link in re.findall(r'!\[[^]]*\]\(([^)]+)\)', body):
+            assert not link.startswith('/') and (path.parent / link).resolve().is_file(), (name, link)

@@ -1,29 +1,12 @@
 """benchmarks/conversion_table.py: the conversion tags' tables, and the timm data they cite."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import timm
 
-import timm_sae  # noqa: F401
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
-
-
-@pytest.fixture(scope='module')
-def conversion_table():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports readme_sections from its own folder
-    try:
-        spec = importlib.util.spec_from_file_location('conversion_table', BENCHMARKS / 'conversion_table.py')
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+from benchmarks import conversion_table
+from benchmarks.common import REPO_ROOT
 
 
-def test_cited_rows_are_sources_of_registered_tags(conversion_table):
+def test_cited_rows_are_sources_of_registered_tags():
     """The data file holds timm's rows of our sources only, once each, with timm's columns."""
     rows = conversion_table.timm_top1()
     sources = {timm.models.get_pretrained_cfg(n).hf_hub_id.split('/', 1)[1] for n in timm.list_pretrained('sae*')}
@@ -32,7 +15,7 @@ def test_cited_rows_are_sources_of_registered_tags(conversion_table):
         assert 0 < float(row['top1']) < 100 and float(row['top1']) + float(row['top1_err']) == pytest.approx(100)
 
 
-def test_tables(conversion_table):
+def test_tables():
     rows = conversion_table.timm_top1()
     every, defaults = conversion_table.table(rows), conversion_table.table(rows, defaults_only=True)
     assert len(every) - 2 == len(timm.list_pretrained('sae*')) and len(defaults) - 2 == 20
@@ -50,10 +33,10 @@ def test_tables(conversion_table):
     assert '| cc-by-nc-4.0 (non-commercial) |' in next(line for line in defaults if '`saeresnext101_32x4d.' in line)
 
 
-def test_readme_section_is_fresh(conversion_table, tmp_path):
-    readme = BENCHMARKS.parent / 'docs' / 'pretrained.md'
+def test_doc_section_is_fresh(tmp_path):
+    doc = REPO_ROOT / 'docs' / 'pretrained.md'
     copy = tmp_path / 'pretrained.md'
-    copy.write_text(readme.read_text())
-    conversion_table.main(['--readme', str(copy), '--out', str(tmp_path / 'conversion_tags.md')])
-    assert copy.read_text() == readme.read_text(), 'run: python benchmarks/conversion_table.py --readme docs/pretrained.md'
+    copy.write_text(doc.read_text())
+    conversion_table.main(['--doc', str(copy), '--out', str(tmp_path / 'conversion_tags.md')])
+    assert copy.read_text() == doc.read_text(), 'run: python benchmarks/conversion_table.py --doc docs/pretrained.md'
     assert (tmp_path / 'conversion_tags.md').read_text() == conversion_table.ALL_TAGS.read_text()

@@ -4,31 +4,16 @@ Everything runs offline on tiny synthetic IDX files written to a temporary direc
 image's brightness, so the models learn something in one epoch).
 """
 import json
-import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
+from benchmarks import accuracy, common, warm_start, warm_start_report
+from benchmarks.fashion_mnist import DEFAULT_DATA_DIR, load_fashion_mnist
+from test_accuracy_benchmark import data_dir  # noqa: F401  (the module-scoped fixture of the synthetic data set)
 
-import accuracy  # noqa: E402
-import warm_start  # noqa: E402
-import warm_start_report  # noqa: E402
-from fashion_mnist import DEFAULT_DATA_DIR, load_fashion_mnist  # noqa: E402
-from test_accuracy_benchmark import make_dataset  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 WARM_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.source is not None]
 CONVERTED_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.convert]
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('fmnist')
-    make_dataset(root)
-    return root
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +40,9 @@ def test_quick_study_records_every_run(study, data_dir):
     protocol = results['protocol']
     # the sources' protocol is the accuracy benchmark's, for the same options
     quick_args = accuracy.parse_args(['--quick', '--data-dir', str(data_dir)])
-    assert protocol['sources'] == accuracy.as_json(accuracy.build_protocol(quick_args, load_fashion_mnist(data_dir)))
+    assert protocol['sources'] == common.as_json(common.fmnist_protocol(quick_args, load_fashion_mnist(data_dir)))
+    # the sources are the accuracy benchmark's configurations of their name
+    assert all(accuracy.CONFIGS[source] == (source, {}) for source in warm_start.SOURCES)
     assert protocol['scratch_epochs'] == 2 and protocol['finetune']['epochs'] == 1
     runs = by_name(results)
     for name, run in runs.items():
@@ -106,15 +93,15 @@ def test_conversions_are_exact_at_epoch_zero(study):
 
 def test_conversion_check_detects_a_different_function(data_dir, single_thread):
     """The check is not vacuous: a model that is not the source's function shows up in every figure."""
-    data = accuracy.to_device_data(load_fashion_mnist(data_dir), True, torch.device('cpu'))
+    data = common.to_device_data(load_fashion_mnist(data_dir), True, torch.device('cpu'))
     protocol = {'mean': [0.3], 'std': [0.2]}
     torch.manual_seed(0)
-    source = accuracy.create_model('resnet18').eval()
-    same = accuracy.create_model('resnet18').eval()
+    source = common.create_model('resnet18').eval()
+    same = common.create_model('resnet18').eval()
     same.load_state_dict(source.state_dict())
     check = warm_start.conversion_check(source, same, data, protocol)
     assert check['max_abs_logit_diff'] == 0 and check['predictions_differ'] == 0
-    other = accuracy.create_model('resnet18').eval()  # other random weights
+    other = common.create_model('resnet18').eval()  # other random weights
     check = warm_start.conversion_check(source, other, data, protocol)
     assert check['max_abs_logit_diff'] > 1e-3 and check['predictions_differ'] > 0
     assert check['converted_test_loss'] != check['source_test_loss']
@@ -151,21 +138,14 @@ def test_resume_refuses_a_missing_or_changed_source_checkpoint(study, tmp_path):
     assert json.loads(path.read_text())['runs'] == [r for r in results['runs'] if r['config'] != 'resnet18_continued']
 
 
-def test_time_budget_stops_before_any_run_and_lists_missing(data_dir, tmp_path):
-    results = warm_start.main(['--quick', '--device', 'cpu', '--data-dir', str(data_dir), '--results',
-                               str(tmp_path / 'ws.json'), '--time-budget', '0', '--seeds', '2'])
-    assert results['runs'] == [] and results['invocations'][-1]['stopped_by_time_budget']
-    assert results['missing'] == [{'config': c, 'seed': s} for s in (0, 1) for c in (*warm_start.SOURCES,
-                                                                                     *warm_start.ARMS)]
-
-
-def test_arguments_are_checked(data_dir, tmp_path):
+def test_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         warm_start.parse_args(['--finetune-epochs', '0'])
+    assert 'error: --finetune-epochs must be at least 1' in capsys.readouterr().err
     args = warm_start.parse_args([])
     assert (args.seeds, args.epochs, args.finetune_epochs) == (3, 15, 5)
-    assert args.results == REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json'
-    assert args.checkpoint_dir == REPO_ROOT / 'runs' / 'warm_start'
+    assert args.results == common.RESULTS_DIR / 'warm_start.json'
+    assert args.checkpoint_dir == common.REPO_ROOT / 'runs' / 'warm_start'
 
 
 @pytest.mark.slow
@@ -183,7 +163,7 @@ def test_workers_start_arms_only_after_their_sources(data_dir, tmp_path):
                     reason='needs the Debian package dataset-fashion-mnist')
 def test_sources_protocol_is_the_committed_accuracy_protocol():
     """The sources are trained exactly as the accuracy benchmark's committed runs were."""
-    committed = json.loads((REPO_ROOT / 'benchmarks' / 'results' / 'accuracy.json').read_text())['protocol']
+    committed = json.loads((common.RESULTS_DIR / 'accuracy.json').read_text())['protocol']
     data = load_fashion_mnist(DEFAULT_DATA_DIR)
     assert warm_start.build_protocol(warm_start.parse_args([]), data)['sources'] == committed
 
@@ -230,10 +210,9 @@ def fabricated_results(conversion_differs: int = 0) -> dict:
 def test_report_table_comparisons_exactness_and_verdict(tmp_path):
     path = tmp_path / 'warm_start.json'
     path.write_text(json.dumps(fabricated_results()))
-    readme = tmp_path / 'README.md'
-    readme.write_text('intro\n<!-- begin warm-start: generated by x -->\nold\n<!-- end warm-start -->\nrest\n')
-    md, png = warm_start_report.main(['--results', str(path), '--out-dir', str(tmp_path / 'out'),
-                                      '--readme', str(readme)])
+    doc = tmp_path / 'doc.md'
+    doc.write_text('intro\n<!-- begin warm-start: generated by x -->\nold\n<!-- end warm-start -->\nrest\n')
+    md, png = warm_start_report.main(['--results', str(path), '--out-dir', str(tmp_path / 'out'), '--doc', str(doc)])
     text = md.read_text()
     table = text.split('## The conversions at epoch 0')[0]
     rows = {line.split(' | ')[0].lstrip('| '): line for line in table.splitlines() if line.startswith('| ')}
@@ -250,9 +229,9 @@ def test_report_table_comparisons_exactness_and_verdict(tmp_path):
                               'fine-tuned vs resnet18 trained on: higher (+0.50 points, 95% CI [')
     assert 'seresnet18 trained on: no detectable difference (+0.00 points' in verdict
     assert 'vs saeresnet18 from scratch: higher (+0.50 points' in verdict
-    section = readme.read_text()
-    assert section.startswith('intro\n<!-- begin warm-start: generated by x -->\nFrom `benchmarks/results/warm_start')
-    assert verdict in section and '](benchmarks/results/warm_start.png)' in section and section.endswith('rest\n')
+    section = doc.read_text()
+    assert section.startswith(f'intro\n<!-- begin warm-start: generated by x -->\nFrom `{path}` (21 runs')
+    assert verdict in section and '](out/warm_start.png)' in section and section.endswith('rest\n')
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
@@ -270,20 +249,11 @@ def test_report_of_the_quick_study(study, tmp_path):
     assert 'too few seeds for an interval' in text and png.stat().st_size > 0
 
 
-def test_report_refuses_missing_results(tmp_path):
-    with pytest.raises(SystemExit):
-        warm_start_report.main(['--results', str(tmp_path / 'nope.json'), '--out-dir', str(tmp_path)])
-
-
-def test_committed_report_and_readme_section_are_generated_from_the_committed_results():
+def test_committed_report_and_doc_section_are_generated_from_the_committed_results():
     """results/warm_start.md and docs/results.md's warm-start section are what the report writes from the JSON."""
-    root = Path(warm_start_report.__file__).resolve().parent.parent
-    json_path = root / 'benchmarks' / 'results' / 'warm_start.json'
+    json_path = common.RESULTS_DIR / 'warm_start.json'
     results = json.loads(json_path.read_text())
     assert results['missing'] == [] and len(results['runs']) == 21
-    source = 'benchmarks/results/warm_start.json'
-    assert (root / 'benchmarks' / 'results' / 'warm_start.md').read_text() == warm_start_report.markdown(
-        results, json_path.name)
-    section = re.search(r'<!-- begin warm-start: generated by [^>]*-->\n(.*?)<!-- end warm-start -->',
-                        (root / 'docs' / 'results.md').read_text(), re.DOTALL)
-    assert section and section.group(1) == warm_start_report.readme_summary(results, source)
+    assert (common.RESULTS_DIR / 'warm_start.md').read_text() == warm_start_report.markdown(results, json_path.name)
+    assert common.doc_section(common.REPO_ROOT / 'docs' / 'results.md', 'warm-start') == warm_start_report.doc_summary(
+        results, 'benchmarks/results/warm_start.json', '../benchmarks/results/warm_start.png')
