@@ -1,8 +1,8 @@
 """Does SaE help? Train ResNet-18 variants on Fashion-MNIST under one fixed protocol and record the results.
 
-    python benchmarks/accuracy.py                       # 9 configurations x 3 seeds x 15 epochs
+    python benchmarks/accuracy.py                       # 14 configurations x 3 seeds x 15 epochs
     python benchmarks/accuracy.py --device cuda --workers 6
-    python benchmarks/accuracy.py --configs saeresnet18_k2 saeresnet18_k8    # some configurations only
+    python benchmarks/accuracy.py --configs saeresnet18_s34 saeresnet18_rd8    # some configurations only
     python benchmarks/accuracy.py --quick --results /tmp/quick.json    # smoke run
 
 Every run trains ``timm.create_model(model, in_chans=1, num_classes=10, **kwargs)`` from scratch. 5,000
@@ -35,7 +35,8 @@ PATHS = SweepPaths(
     quick_checkpoint_dir=REPO_ROOT / 'runs' / 'fmnist' / 'quick',
 )
 
-# name -> (timm model, create_model kwargs). Cardinality 4 is saeresnet18 itself.
+# name -> (timm model, create_model kwargs). Cardinality 4, branch width 1/32 and SaE in all four stages are
+# saeresnet18 itself.
 CONFIGS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     'resnet18': ('resnet18', {}),
     'seresnet18': ('seresnet18', {}),
@@ -46,7 +47,15 @@ CONFIGS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     'saeresnet18_k2': ('saeresnet18', {'sae_cardinality': 2}),
     'saeresnet18_k8': ('saeresnet18', {'sae_cardinality': 8}),
     'saeresnet18_noresidual': ('saeresnet18', {'sae_residual': False}),
+    # placement: SaE in some stages only, the other blocks plain BasicBlocks
+    'saeresnet18_s12': ('saeresnet18', {'sae_stages': (1, 2)}),
+    'saeresnet18_s34': ('saeresnet18', {'sae_stages': (3, 4)}),
+    'saeresnet18_s4': ('saeresnet18', {'sae_stages': (4,)}),
+    # branch width d / C (default 1/32)
+    'saeresnet18_rd16': ('saeresnet18', {'sae_rd_ratio': 1 / 16}),
+    'saeresnet18_rd8': ('saeresnet18', {'sae_rd_ratio': 1 / 8}),
 }
+PLACEMENT_AND_WIDTH = ('saeresnet18_s12', 'saeresnet18_s34', 'saeresnet18_s4', 'saeresnet18_rd16', 'saeresnet18_rd8')
 QUICK_CONFIGS = ('resnet18', 'saeresnet18')
 CHECKPOINT_RUNS = {('saeresnet18', 0)}  # (config, seed) whose val-chosen checkpoint is saved
 

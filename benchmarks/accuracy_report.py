@@ -4,8 +4,9 @@
     python benchmarks/accuracy_report.py --doc docs/results.md     # also the doc's "accuracy" section
 
 Writes ``accuracy.md`` (mean +- std over seeds per configuration, the difference to seresnet18 with a
-95% Welch t interval, missing runs, protocol, versions, hardware, commands) and ``accuracy.png`` (test
-top-1 per epoch of the main models; test top-1 against SaE cardinality).
+95% Welch t interval, the study's configurations not run yet, missing runs, protocol, versions, hardware,
+commands) and ``accuracy.png`` (test top-1 per epoch of the main models; test top-1 against SaE
+cardinality; test top-1 of the placement and branch-width configurations once they have runs).
 """
 import statistics
 import sys
@@ -15,15 +16,26 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ''):  # run as a file (python benchmarks/accuracy_report.py): import the package
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from benchmarks.accuracy import PATHS
+from benchmarks.accuracy import CONFIGS, PATHS, PLACEMENT_AND_WIDTH
 from benchmarks.common import (
-    CAVEATS, COLUMNS, CONFIDENCE, appendix, delta_column, group_runs, header, markdown_table, plot_band,
+    CAVEATS, COLUMNS, CONFIDENCE, appendix, as_json, delta_column, group_runs, header, kwargs_text, markdown_table, plot_band,
     provenance, report_command, reported_top1, save_figure, verdict)
 
 REFERENCE = 'seresnet18'
 MAIN_MODELS = ('resnet18', 'seresnet18', 'saeresnet18', 'resnet18_eca', 'resnet18_cbam')
 # the verdicts: each pair (configuration, reference) with runs on both sides gets one sentence
-COMPARISONS = (('saeresnet18', REFERENCE), ('saeresnet18', 'resnet18'), (REFERENCE, 'resnet18'))
+COMPARISONS = (('saeresnet18', REFERENCE), ('saeresnet18', 'resnet18'), (REFERENCE, 'resnet18'),
+               *((config, reference) for config in PLACEMENT_AND_WIDTH for reference in ('saeresnet18', REFERENCE)))
+CARDINALITY_KWARGS = {'sae_cardinality', 'sae_residual'}  # the configurations of the cardinality panel vary these only
+
+
+def not_run(runs: Dict[str, List[Dict[str, Any]]]) -> Optional[str]:
+    """The sentence naming the study's configurations that have no run in the results, None when all have."""
+    names = [f'{config} ({kwargs_text(as_json(CONFIGS[config][1]))})' for config in CONFIGS if config not in runs]
+    if not names:
+        return None
+    return (f'Not run yet: {", ".join(names)}. These configurations of `benchmarks/accuracy.py` have no run in the '
+            f'results, so neither the table nor the verdicts say anything about them.')
 
 
 def summary(results: Dict[str, Any]) -> List[str]:
@@ -39,6 +51,9 @@ def summary(results: Dict[str, Any]) -> List[str]:
         *markdown_table(runs, [*(COLUMNS[k] for k in ('configuration', 'model', 'kwargs', 'n', 'test_top1')), delta,
                                *(COLUMNS[k] for k in ('test_loss', 'best_val_top1', 'best_epoch', 'params', 'gmacs'))]),
     ]
+    missing = not_run(runs)
+    if missing:
+        lines += ['', missing]
     sentences = [s for s in (verdict(name, runs, reference) for name, reference in COMPARISONS) if s]
     if sentences:
         lines += ['', '**What the numbers say**', '', *sentences, '', CAVEATS]
@@ -58,14 +73,17 @@ def markdown(results: Dict[str, Any], source: str) -> str:
 
 
 def plot(results: Dict[str, Any], path: Path) -> None:
-    """Left: test top-1 per epoch (mean, min-max band) of the main models. Right: test top-1 vs cardinality."""
+    """Test top-1 per epoch (mean, min-max band) of the main models; test top-1 vs cardinality; and, once they have
+    runs, test top-1 of the placement and branch-width configurations beside saeresnet18."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     runs = group_runs(results, MAIN_MODELS)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    variants = [config for config in PLACEMENT_AND_WIDTH if config in runs]
+    fig, axes = plt.subplots(1, 3 if variants else 2, figsize=(19 if variants else 13, 5))
+    left, right = axes[0], axes[1]
     for config in MAIN_MODELS:
         if config in runs:
             plot_band(left, [r['curve']['test_top1'] for r in runs[config]], config)
@@ -76,9 +94,10 @@ def plot(results: Dict[str, Any], path: Path) -> None:
 
     def points(residual: bool) -> List[Tuple[int, List[float]]]:
         found = []
-        for config, rs in runs.items():
+        for rs in runs.values():
             kwargs = rs[0]['model_kwargs']
-            if rs[0]['model'] == 'saeresnet18' and kwargs.get('sae_residual', True) == residual:
+            if (rs[0]['model'] == 'saeresnet18' and set(kwargs) <= CARDINALITY_KWARGS
+                    and kwargs.get('sae_residual', True) == residual):
                 found.append((kwargs.get('sae_cardinality', 4), reported_top1(rs)))
         return sorted(found)
 
@@ -87,18 +106,39 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         pts = points(residual)
         if pts:
             right.errorbar([k * shift for k, _ in pts], [statistics.fmean(v) for _, v in pts],
-                           yerr=[statistics.stdev(v) if len(v) > 1 else 0. for _, v in pts], fmt=style, capsize=4,
-                           label=label + ' (mean ± std)')
-    for config, color in (('seresnet18', 'tab:red'), ('resnet18', 'tab:gray')):
-        if config in runs:
-            values = reported_top1(runs[config])
-            right.axhline(statistics.fmean(values), color=color, linestyle='--', label=f'{config} (n={len(values)})')
+                           yerr=[spread(v) for _, v in pts], fmt=style, capsize=4, label=label + ' (mean ± std)')
+    reference_lines(right, runs)
     right.set_xscale('log', base=2)
     right.set_xticks([1, 2, 4, 8], labels=['1', '2', '4', '8'])
     right.set(xlabel='SaE cardinality k', ylabel='test top-1 (%)', title='Test top-1 vs cardinality')
     right.grid(alpha=0.3)
     right.legend()
+
+    if variants:
+        ax = axes[2]
+        shown = [config for config in ('saeresnet18', *variants) if config in runs]
+        values = [reported_top1(runs[config]) for config in shown]
+        ax.errorbar(range(len(shown)), [statistics.fmean(v) for v in values], yerr=[spread(v) for v in values],
+                    fmt='o', capsize=4, label='mean ± std')
+        reference_lines(ax, runs)
+        ax.set_xticks(range(len(shown)), labels=[f'{c}\n(n={len(runs[c])})' for c in shown], rotation=30, ha='right')
+        ax.set(ylabel='test top-1 (%)', title='Placement (stages) and branch width (rd ratio)')
+        ax.grid(alpha=0.3)
+        ax.legend()
     save_figure(fig, path, results, f'Fashion-MNIST, {results["protocol"]["epochs"]} epochs')
+
+
+def spread(values: Sequence[float]) -> float:
+    """The sample standard deviation of ``values``, 0 for a single value (an error bar)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.
+
+
+def reference_lines(ax: Any, runs: Dict[str, List[Dict[str, Any]]]) -> None:
+    """Dashed lines at the mean test top-1 of seresnet18 and resnet18."""
+    for config, color in (('seresnet18', 'tab:red'), ('resnet18', 'tab:gray')):
+        if config in runs:
+            values = reported_top1(runs[config])
+            ax.axhline(statistics.fmean(values), color=color, linestyle='--', label=f'{config} (n={len(values)})')
 
 
 def doc_summary(results: Dict[str, Any], source: str, plot_link: str) -> str:

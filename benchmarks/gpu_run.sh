@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (the project's device tool), run from the repository root with OUT
-# set to the folder whose files come back; .whl/ (the timm 1.0.31 wheel) carried along where the
-# machine's timm is another version, .data/fashion-mnist (the IDX files) for the Fashion-MNIST parts.
+# The GPU measurements, for anyone with an NVIDIA GPU: run from the repository root with OUT set to a
+# folder for the results (which are then copied into benchmarks/results/ by hand), in one go of at most
+# DEADLINE_S seconds (default 570, counted from the start; each part gets what is left).
 #
-#   bash benchmarks/gpu_run.sh block speed        # the default, first whenever a GPU is available
-#   bash benchmarks/gpu_run.sh warm_start speed   # what one call of at most 600 s holds: the parts in order
-#   bash benchmarks/gpu_run.sh accuracy           # the Fashion-MNIST sweep (done: results/accuracy.json)
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh                              # block speed, the default
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh block accuracy_placement speed   # with the new accuracy runs
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh warm_start speed
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh accuracy                      # the whole Fashion-MNIST sweep
+#
+# The Fashion-MNIST parts read the IDX files from DATA_DIR (default .data/fashion-mnist, else the Debian
+# package's /usr/share/datasets/fashion-mnist). A timm 1.0.31 wheel in .whl/ is used where the machine's
+# timm is another version.
 #
 # block: benchmarks/inductor_block.py, one layer3.1 block compiled per model (resnet50, seresnet50,
 # saeresnet50 and saeresnet50 with the SE-form squeeze), bf16 autocast, batch 128: Inductor's kernels
-# and traffic, and interleaved timings, eval and train. Returns inductor_block_cuda.{json,md}.
+# and traffic, and interleaved timings, eval and train; at most 150 s. Returns inductor_block_cuda.{json,md}.
+# accuracy_placement: benchmarks/accuracy.py, the placement and branch-width configurations
+# (saeresnet18_s12, _s34, _s4, _rd16, _rd8) x 3 seeds under the accuracy protocol, all 15 runs at once,
+# added to a copy of benchmarks/results/accuracy.json (runs already there are skipped); about 3 minutes
+# on an H200, cut at 240 s (the JSON keeps the runs that finished; rerun to resume). Returns accuracy.json.
 # warm_start: benchmarks/warm_start.py, 3 seeds: 6 sources, 3 scratch runs and 12 fine-tunings, 15 runs
 # at a time; no new run starts after 240 s. Returns warm_start.json.
 # speed: bf16 autocast, channels_last, 224 px, inference batch 256 and training batch 128, eager then
 # torch.compile (inductor): saeresnet50 vs saeresnet50 with the SE-form squeeze (before / after the
-# narrow squeeze) vs seresnet50 vs resnet50, saeresnext50_32x4d vs
-# seresnext50_32x4d. speed.py rewrites its JSON and table after every mode, in the order eager (4
-# modes), then compiled resnet50 infer, train, resnext50 infer, train; it gets the call's time left
-# (DEADLINE_S, default 570 s from the start), and the cut takes only what is left. Returns speed_cuda.{json,md}.
-# accuracy: 9 configurations x 3 seeds x 15 epochs, 14 runs at a time. Returns accuracy.json and the
-# saeresnet18 seed-0 checkpoint in parts.
-# Every part appends to gpu_run.log, which comes back too.
+# narrow squeeze) vs seresnet50 vs resnet50, saeresnext50_32x4d vs seresnext50_32x4d. speed.py rewrites
+# its JSON and table after every mode, in the order eager (4 modes), then compiled resnet50 infer, train,
+# resnext50 infer, train; it gets the time left, and a cut takes only the modes not yet measured.
+# Returns speed_cuda.{json,md}.
+# accuracy: 14 configurations x 3 seeds x 15 epochs, 14 runs at a time, into a fresh accuracy.json.
+# Returns it and the saeresnet18 seed-0 checkpoint in parts of at most 15 MiB.
+# Every part appends to gpu_run.log in OUT.
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 (( $# )) || set -- block speed
+parts='block accuracy_placement warm_start speed accuracy'
 for part; do
-    [[ $part == block || $part == speed || $part == accuracy || $part == warm_start ]] || {
-        echo "usage: bash benchmarks/gpu_run.sh [block] [warm_start] [speed] [accuracy]" >&2; exit 2; }
+    [[ " $parts " == *" $part "* ]] || { echo "usage: bash benchmarks/gpu_run.sh [${parts// /] [}]" >&2; exit 2; }
 done
 deadline=${DEADLINE_S:-570}
+data=${DATA_DIR:-.data/fashion-mnist}
+[[ -d $data ]] || data=/usr/share/datasets/fashion-mnist
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 if compgen -G '.whl/timm-1.0.31-*.whl' >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/timm-1.0.31-*.whl || exit 1
@@ -48,9 +59,15 @@ for part; do
         timeout $((left < 150 ? left : 150)) python3 benchmarks/inductor_block.py --device cuda --precision bf16 \
             --batch-size 128 --out "$OUT/inductor_block_cuda.json" >>"$log" 2>&1
         ;;
+    accuracy_placement)
+        [[ -f $OUT/accuracy.json ]] || cp benchmarks/results/accuracy.json "$OUT/accuracy.json"
+        timeout $((left < 240 ? left : 240)) python3 benchmarks/accuracy.py --device cuda --seeds 3 --workers 15 \
+            --configs saeresnet18_s12 saeresnet18_s34 saeresnet18_s4 saeresnet18_rd16 saeresnet18_rd8 \
+            --data-dir "$data" --results "$OUT/accuracy.json" --checkpoint-dir /tmp/ck 2>>"$log"
+        ;;
     warm_start)
         timeout $((left < 330 ? left : 330)) python3 benchmarks/warm_start.py --device cuda --workers 15 \
-            --time-budget 240 --data-dir .data/fashion-mnist --results "$OUT/warm_start.json" \
+            --time-budget 240 --data-dir "$data" --results "$OUT/warm_start.json" \
             --checkpoint-dir /tmp/ck_warm_start 2>>"$log"
         ;;
     speed)
@@ -60,8 +77,8 @@ for part; do
         ;;
     accuracy)
         timeout "$left" python3 benchmarks/accuracy.py --device cuda --seeds 3 --workers 14 --time-budget 300 \
-            --data-dir .data/fashion-mnist --results "$OUT/accuracy.json" --checkpoint-dir /tmp/ck 2>>"$log"
-        # the checkpoint (~45 MB) comes back in parts of at most 15 MiB
+            --data-dir "$data" --results "$OUT/accuracy.json" --checkpoint-dir /tmp/ck 2>>"$log"
+        # the checkpoint (~45 MB) in parts of at most 15 MiB
         [ -f /tmp/ck/saeresnet18_seed0.pth.tar ] && split -b 15M /tmp/ck/saeresnet18_seed0.pth.tar "$OUT/saeresnet18_seed0.pth.tar.part-"
         ;;
     esac
