@@ -37,7 +37,7 @@ ENABLE = (
     f'version (git clone -b v{timm.__version__} https://github.com/huggingface/pytorch-image-models)')
 
 ARCH = 'saeresnet18'
-SAE_KWARGS = ['sae_cardinality=2']  # not the default (4): checks that the entrypoint arguments travel
+SAE_KWARGS = ['sae_cardinality=2', 'sae_stages=(2,3,4)']  # not the defaults: checks that the entrypoint arguments travel
 IMG_SIZE = 32
 # explicit eval preprocessing (not the architecture's defaults): checks that it travels through the export
 EVAL_ARGS = ['--crop-pct', '0.9', '--interpolation', 'bilinear']

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default='saeresnet50', help='model (default saeresnet50)')
     p.add_argument('--img-size', type=int, default=224, help='input size (default 224)')
     p.add_argument('--batch-size', type=int, default=4, help='batch size for timing (default 4)')
-    p.add_argument('--rounds', type=int, default=5, help='timed rounds (default 5)')
+    p.add_argument('--rounds', type=int, default=15, help='timed rounds (default 15)')
     p.set_defaults(func=_demo)
     return parser
 

@@ -168,6 +168,13 @@ def convert_state_dict(
     if problems:
         raise ConversionError(f'the weights do not fit: {problems}. {_fits(model)}')
 
+    if kind == 'se':
+        without_sae = sorted({k.split('.se.')[0] for k in source_attention} - {prefix for prefix, _, _ in blocks})
+        if without_sae:
+            raise ConversionError(
+                f'the SE weights have SE layers in {some_names(without_sae)}, where the model has no SaE layer '
+                f'(sae_stages): SE weights convert exactly only into SaE in every stage; leave sae_stages at its '
+                f'default, or load plain weights, which convert into any sae_stages')
     converted = {k: v for k, v in source.items() if k not in source_attention}
     for prefix, norm, sae in blocks:
         layer = f'{prefix}.se.'

@@ -4,16 +4,18 @@ Prints the family table, builds a seeded SaE model, saves its weights as a check
 to a Hub folder (``timm_sae.hub.export_checkpoint``), lays that out as a Hugging Face Hub cache,
 loads it back with ``timm.create_model('hf-hub:...', pretrained=True)`` with the Hub offline and
 checks the outputs are bit-identical. Then the warm start: seeded stand-in weights for timm's plain
-twin (no network here) laid out in the Hub cache as timm's own repository of the default tag, and
-``timm.create_model(model, pretrained=True)`` converts them exactly while loading (the logits equal
-the source's). Last, the model is timed against its timm SE twin (eval, small batch, interleaved
-rounds; throughput ratio, > 1: faster).
+twin (nothing is downloaded) laid out in the Hub cache as timm's own repository of the default tag,
+and ``timm.create_model(model, pretrained=True)`` converts them exactly while loading (the logits
+equal the source's). Last, a quick look at speed: the model against its timm SE twin (eval, small
+batch, interleaved rounds), printed as the median throughput ratio (> 1: faster) with the quartiles
+of the per-round ratios. That is a glimpse on whatever else the machine is running, not a
+measurement: ``benchmarks/speed.py`` measures speed (``docs/speed.md`` in the source repository).
 """
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -34,7 +36,7 @@ def run_demo(
         model_name: str = 'saeresnet50',
         img_size: int = 224,
         batch_size: int = 4,
-        rounds: int = 5,
+        rounds: int = 15,
         seed: int = 0,
         table: bool = True,
         out: Callable[[str], None] = print,
@@ -77,19 +79,32 @@ def run_demo(
         times = time_interleaved(
             {model_name: lambda: model(x), twin_name: lambda: twin(x)}, rounds=rounds, warmup=1)
     ratio = median_ratio(times[twin_name], times[model_name])  # t_twin / t_model: throughput ratio
+    q1, q3 = _quartiles([t / m for t, m in zip(times[twin_name], times[model_name])])
     out('')
-    out(f'| model | params (M) | GMACs @ {img_size}px | ms / batch of {batch_size} (median of {rounds}) |')
+    out(f'| model | params (M) | GMACs @ {img_size}px | ms / batch of {batch_size}, median [quartiles] of {rounds} |')
     out('|---|---:|---:|---:|')
     for name in (model_name, twin_name):
-        ms = 1e3 * statistics.median(times[name])
-        out(f"| {name} | {stats[name]['params_m']:.2f} | {stats[name]['gmacs']:.2f} | {ms:.1f} |")
-    out(f'{model_name} / {twin_name} throughput ratio: {ratio:.3f} (> 1: faster; median of per-round ratios, '
-        f'{torch.get_num_threads()} threads, eval, fp32)')
+        ms = [1e3 * t for t in times[name]]
+        lo, hi = _quartiles(ms)
+        out(f"| {name} | {stats[name]['params_m']:.2f} | {stats[name]['gmacs']:.2f} | "
+            f"{statistics.median(ms):.1f} [{lo:.1f}, {hi:.1f}] |")
+    out(f'{model_name} / {twin_name} throughput ratio: {ratio:.3f} [quartiles {q1:.3f}, {q3:.3f}] (> 1: faster; '
+        f'per-round ratios over {rounds} interleaved rounds, {torch.get_num_threads()} threads, eval, fp32)')
+    out('This is a quick look, moved by whatever else runs on the machine, not a measurement: speed is '
+        'measured by benchmarks/speed.py (results in docs/speed.md in the source repository).')
     seconds = time.perf_counter() - start
     out(f'demo took {seconds:.1f} s')
     ok = identical and (warm_start_error is None or warm_start_error <= EXACT_RTOL)
     return dict(ok=ok, identical=identical, warm_start_error=warm_start_error, stats=stats, times=times,
                 ratio=ratio, seconds=seconds)
+
+
+def _quartiles(values: List[float]) -> Tuple[float, float]:
+    """First and third quartile (inclusive method, as benchmarks/speed.py); one value is its own quartiles."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method='inclusive')
+    return q1, q3
 
 
 def warm_start(model_name: str, x: torch.Tensor, seed: int, out: Callable[[str], None]) -> Optional[float]:

@@ -8,18 +8,20 @@ stem, depths, widths, cardinality and anti-aliasing), with the SaE layer where t
 saeresnet26 / saeresnet26d / saeresnet50d twin timm's resnet26 / resnet26d / resnet50d.
 
 Every entrypoint takes the SaE arguments ``sae_cardinality`` (branches k, default 4),
-``sae_rd_ratio`` (branch width d / C, default 1/32) and ``sae_residual`` (``x * (1 + s)``
+``sae_rd_ratio`` (branch width d / C, default 1/32), ``sae_residual`` (``x * (1 + s)``
 when True, the default; SE-style ``x * s`` when False, and when unset while ``pretrained=True`` loads SE
-weights, which convert exactly only into that gate).
+weights, which convert exactly only into that gate) and ``sae_stages`` (the stages, numbered 1-4 as
+``layer1``-``layer4``, whose blocks get SaE; default all four: the paper's placement study varies it).
+The blocks of the other stages are timm's plain blocks, with the plain twin's state-dict keys.
 """
 import os
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Type, Union
 
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.resnet import BasicBlock, ResNet
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .blocks import SaEBottleneck
 from .convert import SAE_PAPER_ID, pretrained_filter, pretrained_gate, twin_conversion_cfgs
@@ -31,32 +33,63 @@ __all__ = []  # models are reached through timm's registry
 HUB_ORG = os.environ.get('TIMM_SAE_HUB_ORG', 'timm-sae')
 
 
+BlockType = Union[Type[BasicBlock], Type[Bottleneck], Callable[..., nn.Module]]
+
+
+def _check_stages(variant: str, sae_stages: Iterable[int], num_stages: int) -> Tuple[int, ...]:
+    """``sae_stages`` as a sorted tuple of stage numbers 1..``num_stages``; a ValueError that says what fits."""
+    fits = f'give stage numbers from 1 to {num_stages} (layer1..layer{num_stages}), e.g. sae_stages=(3, 4)'
+    if isinstance(sae_stages, (str, bytes)) or not isinstance(sae_stages, Iterable):
+        raise ValueError(f'{variant}: sae_stages must be a sequence of stage numbers, got {sae_stages!r}; {fits}')
+    stages = list(sae_stages)
+    if not stages:
+        raise ValueError(f'{variant}: sae_stages is empty; {fits} (for no SaE at all, use timm\'s plain twin)')
+    bad = [s for s in stages if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= num_stages]
+    if bad:
+        raise ValueError(f'{variant}: sae_stages holds {bad[0]!r}, not a stage number; {fits}')
+    return tuple(sorted(set(stages)))
+
+
+def _stage_blocks(block: BlockType, attn_layer: Callable[..., nn.Module], stages: Tuple[int, ...],
+                  num_stages: int) -> Tuple[BlockType, ...]:
+    """The block of each stage: ``block`` with SaE in ``stages``, timm's plain block of its kind elsewhere."""
+    plain = Bottleneck if issubclass(block, Bottleneck) else block
+    with_sae = partial(block, attn_layer=attn_layer)
+    with_sae.expansion = block.expansion  # what timm's ResNet reads of a block class
+    return tuple(with_sae if stage in stages else plain for stage in range(1, num_stages + 1))
+
+
 def _create_saeresnet(
         variant: str,
         pretrained: bool = False,
         sae_cardinality: int = 4,
         sae_rd_ratio: float = 1. / 32,
         sae_residual: Optional[bool] = None,
+        sae_stages: Iterable[int] = (1, 2, 3, 4),
         **kwargs,
 ) -> ResNet:
-    """Build a timm ``ResNet`` whose blocks use SaE as their attention layer.
+    """Build a timm ``ResNet`` whose blocks in ``sae_stages`` use SaE as their attention layer.
 
     Plain and SE weights are converted exactly while loading (``timm_sae.convert.pretrained_filter``);
     ``sae_residual`` unset is True, or False where ``pretrained=True`` loads SE weights (``pretrained_gate``).
     """
-    sae_residual = pretrained_gate(
-        variant, sae_residual, pretrained, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     block_args = dict(kwargs.pop('block_args', None) or {})
     if 'attn_layer' in block_args:
         raise ValueError(
             f'{variant} sets block_args["attn_layer"] to SaE itself; use the sae_* arguments to '
             f'configure it, or a timm resnet for another attention layer')
+    num_stages = len(kwargs['layers'])
+    stages = _check_stages(variant, sae_stages, num_stages)
+    sae_residual = pretrained_gate(
+        variant, sae_residual, pretrained, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     # inplace: the blocks hand the layer their own fresh norm output, which nothing else holds
-    block_args['attn_layer'] = partial(
+    sae = partial(
         SqueezeAggregatedExcitation, cardinality=sae_cardinality, rd_ratio=sae_rd_ratio, residual=sae_residual,
         inplace=True)
+    block = _stage_blocks(kwargs.pop('block'), sae, stages, num_stages)
     return build_model_with_cfg(
-        ResNet, variant, pretrained, pretrained_filter_fn=pretrained_filter, block_args=block_args, **kwargs)
+        ResNet, variant, pretrained, pretrained_filter_fn=pretrained_filter, block=block, block_args=block_args,
+        **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
