@@ -15,18 +15,15 @@ finished run, and runs already in it (same configuration, seed and protocol) are
 some configurations adds its runs to a results file that holds others.
 """
 import argparse
-import functools
 import sys
-import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ''):  # run as a file (python benchmarks/accuracy.py): import the package from the repository
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from benchmarks.common import (
-    REPO_ROOT, DeviceData, Run, SweepPaths, as_json, command_line, fmnist_protocol, load_fashion_mnist, load_results,
-    resolve_sweep_args, run_sweep, sweep_parser, train_run)
+    REPO_ROOT, DeviceData, Run, SweepPaths, fmnist_protocol, resolve_sweep_args, sweep_main, sweep_parser, train_run)
 
 PATHS = SweepPaths(
     results=REPO_ROOT / 'benchmarks' / 'results' / 'accuracy.json',
@@ -81,17 +78,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def requested_runs(args: argparse.Namespace) -> List[Run]:
+    """The runs of the sweep, seed-major: an interrupted sweep stays balanced."""
+    return [(config, seed) for seed in range(args.seeds) for config in args.configs]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the requested sweep (skipping finished runs); the results document."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    started = time.perf_counter()
-    data = load_fashion_mnist(args.data_dir)
-    protocol = as_json(fmnist_protocol(args, data))
-    results = load_results(args.results, protocol)
-    requested = [(c, s) for s in range(args.seeds) for c in args.configs]  # seed-major: partial sweeps stay balanced
-    job = functools.partial(train_config, protocol=protocol, checkpoint_dir=args.checkpoint_dir)
-    return run_sweep(command_line(__file__, argv), args, data, results, requested, job, started)
+    return sweep_main(__file__, argv, parse_args, fmnist_protocol, requested_runs, train_config)
 
 
 if __name__ == '__main__':

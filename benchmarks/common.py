@@ -11,6 +11,7 @@ figures come from relative to the repository root, and links its images relative
 """
 import argparse
 import concurrent.futures as futures
+import functools
 import json
 import math
 import multiprocessing
@@ -651,6 +652,28 @@ def run_sweep(
     return results
 
 
+def sweep_main(
+        script: str, argv: Optional[Sequence[str]], parse_args: Callable[[List[str]], argparse.Namespace],
+        build_protocol: Callable[[argparse.Namespace, Dict[str, np.ndarray]], Dict[str, Any]],
+        requested_runs: Callable[[argparse.Namespace], List[Run]], job: Callable[..., Dict[str, Any]],
+        ready: Callable[[Run, Set[Run]], bool] = lambda run, done: True,
+        check: Callable[[Dict[str, Any], argparse.Namespace, List[Run]], None] = lambda results, args, runs: None
+) -> Dict[str, Any]:
+    """The main of a sweep script (``script``, its ``__file__``): parse ``argv``, load the data, the protocol and
+    the results so far, ``check`` them, and train the runs of ``requested_runs(args)`` that are missing with
+    ``job(run, data, position, protocol=..., checkpoint_dir=...)`` (see ``run_sweep``); the results document."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    started = time.perf_counter()
+    data = load_fashion_mnist(args.data_dir)
+    protocol = as_json(build_protocol(args, data))
+    results = load_results(args.results, protocol)
+    requested = requested_runs(args)
+    check(results, args, requested)
+    run_job = functools.partial(job, protocol=protocol, checkpoint_dir=args.checkpoint_dir)
+    return run_sweep(command_line(script, argv), args, data, results, requested, run_job, started, ready)
+
+
 # statistics
 
 
@@ -845,9 +868,10 @@ def save_figure(fig: Any, path: Path, results: Dict[str, Any], title: str) -> No
 def provenance(results: Dict[str, Any], source: str, runs_text: str) -> str:
     """Where a doc section's figures come from: results file, runs, hardware, versions, commands."""
     versions = results.get('versions', {})
+    quick = ' **Quick smoke protocol: not a result.**' if results['protocol']['quick'] else ''
     return (f'From `{source}` ({runs_text}, {len(results.get("missing", []))} requested runs missing) on '
             f'{"; ".join(results.get("hardware", []))}, torch {versions.get("torch")}, timm {versions.get("timm")}; '
-            + '; '.join(f'`{c}`' for c in results.get('commands', [])) + '.')
+            + '; '.join(f'`{c}`' for c in results.get('commands', [])) + '.' + quick)
 
 
 def report_command(

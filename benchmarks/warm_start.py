@@ -16,14 +16,12 @@ evaluated and recorded but is never chosen. The results JSON is rewritten atomic
 and an interrupted study resumes where it stopped (the arms start from the saved source checkpoints).
 """
 import argparse
-import functools
 import hashlib
 import io
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -34,9 +32,9 @@ if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start.py)
 from timm_sae.convert import convert_state_dict
 
 from benchmarks.common import (
-    BASE_BATCH, REPO_ROOT, DeviceData, Normalize, Run, Schedule, SweepPaths, as_json, checkpoint_path, command_line,
-    create_model, fmnist_protocol, load_fashion_mnist, load_results, predict, resolve_sweep_args, run_record,
-    run_sweep, score, seed_everything, sweep_parser, train, train_run)
+    BASE_BATCH, REPO_ROOT, DeviceData, Normalize, Run, Schedule, SweepPaths, checkpoint_path, create_model,
+    fmnist_protocol, predict, resolve_sweep_args, run_record, score, seed_everything, sweep_main, sweep_parser, train,
+    train_run)
 
 PATHS = SweepPaths(
     results=REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json',
@@ -206,23 +204,23 @@ def source_finished(run: Run, done: Set[Run]) -> bool:
     return source is None or (source, seed) in done
 
 
-def check_source_checkpoints(results: Dict[str, Any], results_path: Path, requested: Sequence[Run],
-                             checkpoint_dir: Path) -> None:
-    """Refuse to resume when an arm still to train would start from a missing or different source checkpoint."""
+def check_source_checkpoints(results: Dict[str, Any], args: argparse.Namespace, requested: Sequence[Run]) -> None:
+    """Refuse to resume when an arm still to train would start from a missing or different source checkpoint
+    (in ``args.checkpoint_dir``)."""
     finished = {(r['config'], r['seed']): r for r in results['runs']}
     for name, seed in requested:
         arm = ARMS.get(name)
         if arm is None or arm.source is None or (name, seed) in finished or (arm.source, seed) not in finished:
             continue
         recorded = finished[(arm.source, seed)]['checkpoint']
-        path = checkpoint_path(checkpoint_dir, arm.source, seed)
+        path = checkpoint_path(args.checkpoint_dir, arm.source, seed)
         if not path.is_file() or file_sha256(path) != recorded['sha256']:
             problem = 'differs from the one recorded' if path.is_file() else 'is missing'
             raise SystemExit(
                 f'{path}, the checkpoint of the finished source run {arm.source} seed {seed} (recorded as '
                 f'{recorded["path"]}, sha256 {recorded["sha256"][:12]}...), {problem}: {name} cannot start from it. '
                 f'Restore the file (or pass --checkpoint-dir), or remove that source run and its arms from '
-                f'{results_path} to train them again.')
+                f'{args.results} to train them again.')
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -239,20 +237,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return resolve_sweep_args(parser, args, PATHS, ('seeds', 'epochs', 'workers', 'finetune_epochs'))
 
 
+def requested_runs(args: argparse.Namespace) -> List[Run]:
+    """The runs of the study, seed-major and sources first: an interrupted study is balanced and every arm finds
+    its source done."""
+    return [(name, seed) for seed in range(args.seeds) for name in (*SOURCES, *ARMS)]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the study (skipping finished runs); the results document."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    started = time.perf_counter()
-    data = load_fashion_mnist(args.data_dir)
-    protocol = as_json(build_protocol(args, data))
-    results = load_results(args.results, protocol)
-    # seed-major, sources first: an interrupted study is balanced and every arm finds its source done
-    requested = [(name, seed) for seed in range(args.seeds) for name in (*SOURCES, *ARMS)]
-    check_source_checkpoints(results, args.results, requested, args.checkpoint_dir)
-    job = functools.partial(train_study_run, protocol=protocol, checkpoint_dir=args.checkpoint_dir)
-    return run_sweep(command_line(__file__, argv), args, data, results, requested, job, started,
-                     ready=source_finished)
+    return sweep_main(__file__, argv, parse_args, build_protocol, requested_runs, train_study_run,
+                      ready=source_finished, check=check_source_checkpoints)
 
 
 if __name__ == '__main__':

@@ -108,7 +108,7 @@ def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_input():
     assert 0 < sum(flips) < len(flips)  # both flipped and unflipped samples occur
 
 
-def test_quick_sweep_records_everything_and_resumes(data_dir, tmp_path):
+def test_quick_sweep_records_everything_and_resumes(data_dir, tmp_path, single_thread):
     results_path, checkpoints = tmp_path / 'acc.json', tmp_path / 'ckpt'
     argv = ['--quick', '--device', 'cpu', '--data-dir', str(data_dir), '--results', str(results_path),
             '--checkpoint-dir', str(checkpoints)]

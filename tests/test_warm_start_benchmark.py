@@ -16,6 +16,7 @@ WARM_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.source is not 
 CONVERTED_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.convert]
 
 
+# The quick study trains 7 runs (about 45 s on 2 busy cores): its tests are marked slow.
 @pytest.fixture(scope='module')
 def study(data_dir, tmp_path_factory, single_thread):
     """One finished --quick study: (argv, results path, checkpoint folder, results document)."""
@@ -30,6 +31,7 @@ def by_name(results: dict) -> dict:
     return {run['config']: run for run in results['runs']}
 
 
+@pytest.mark.slow
 def test_quick_study_records_every_run(study, data_dir):
     argv, results_path, checkpoints, results = study
     assert json.loads(results_path.read_text()) == results
@@ -61,6 +63,7 @@ def test_quick_study_records_every_run(study, data_dir):
     assert schedules == [{'lr': 0.01 * 64 / 256, 'epochs': 1, 'warmup_epochs': 0}] * len(WARM_ARMS)
 
 
+@pytest.mark.slow
 def test_sources_are_saved_and_arms_start_from_them(study):
     _, _, checkpoints, results = study
     runs = by_name(results)
@@ -79,6 +82,7 @@ def test_sources_are_saved_and_arms_start_from_them(study):
         assert arm['start']['test_loss'] == pytest.approx(source['test_loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_conversions_are_exact_at_epoch_zero(study):
     runs = by_name(study[3])
     for name in CONVERTED_ARMS:
@@ -107,6 +111,7 @@ def test_conversion_check_detects_a_different_function(data_dir, single_thread):
     assert check['converted_test_loss'] != check['source_test_loss']
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing_and_resume_trains_only_what_is_missing(study, tmp_path):
     argv, results_path, checkpoints, results = study
     again = warm_start.main(argv)
@@ -123,6 +128,7 @@ def test_rerun_trains_nothing_and_resume_trains_only_what_is_missing(study, tmp_
         warm_start.main(argv + ['--finetune-epochs', '2'])
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_missing_or_changed_source_checkpoint(study, tmp_path):
     argv, results_path, checkpoints, results = study
     path = tmp_path / 'partial.json'
@@ -242,6 +248,7 @@ def test_report_flags_an_inexact_conversion(tmp_path):
     assert '**Epoch 0: NOT exact.** 2 of 6 converted models predict differently' in md.read_text()
 
 
+@pytest.mark.slow
 def test_report_of_the_quick_study(study, tmp_path):
     md, png = warm_start_report.main(['--results', str(study[1]), '--out-dir', str(tmp_path)])
     text = md.read_text()
