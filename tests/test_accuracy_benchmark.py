@@ -258,6 +258,14 @@ def test_placement_and_width_configurations_build_with_their_sizes():
         < size['saeresnet18'] < size['saeresnet18_rd16'] < size['saeresnet18_rd8']
 
 
+def test_gpu_run_part_trains_the_placement_and_width_configurations():
+    """gpu_run.sh's accuracy_placement part names exactly the configurations the report compares."""
+    script = (common.REPO_ROOT / 'benchmarks' / 'gpu_run.sh').read_text()
+    part = script.split('    accuracy_placement)\n', 1)[1].split(';;', 1)[0]
+    assert tuple(re.findall(r'\bsaeresnet18_\w+', part)) == accuracy.PLACEMENT_AND_WIDTH
+    assert 'benchmarks/accuracy.py --device cuda --seeds 3 --workers 15' in part
+
+
 # the committed results and the generated sections of the docs
 
 DOCS = ('results.md', 'speed.md', 'pretrained.md')
