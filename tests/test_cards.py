@@ -112,7 +112,7 @@ def test_card_repo_id_override(tmp_path):
     (dict(dataset='Fashion-MNIST'), "'dataset' expected Dataset, got str"),
     (dict(versions={'torch': 2.14}), r"'versions\['torch'\]' expected str, got float"),
     (dict(recipe=[1]), "'recipe' expected a dict, got list"),
-    (dict(speed=3), r"unknown keys \['speed'\]"),
+    (dict(speed=3), "got an unexpected keyword argument 'speed'"),
     (dict(command=None), "'command' expected str, got NoneType"),
     (dict(license=2), "'license' with value 2 doesn't match any type"),
 ])

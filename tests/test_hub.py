@@ -23,10 +23,11 @@ from timm_sae.convert import SAE_PAPER_ID, Twins, twins
 from timm_sae.family import family_table
 
 SMALL = (2, 3, 32, 32)
-# (architecture, non-default SaE arguments): a ResNet and a ResNeXt
+# (architecture, non-default SaE arguments): a ResNet and a ResNeXt (slow; tests/test_transformers.py exports one too)
 TWINS = [
-    ('saeresnet18', dict(sae_cardinality=2, sae_rd_ratio=1. / 16, sae_residual=False)),
-    ('saeresnext26t_32x4d', dict(sae_cardinality=8, sae_residual=False)),
+    pytest.param('saeresnet18', dict(sae_cardinality=2, sae_rd_ratio=1. / 16, sae_residual=False), id='saeresnet18'),
+    pytest.param('saeresnext26t_32x4d', dict(sae_cardinality=8, sae_residual=False), id='saeresnext26t_32x4d',
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -61,7 +62,7 @@ def exported(weights, tmp_path_factory):
     return hub.export_checkpoint(weights[1], tmp_path_factory.mktemp('export') / 'org.name', model_name='saeresnet18')
 
 
-@pytest.mark.parametrize('name,sae_args', TWINS, ids=[t[0] for t in TWINS])
+@pytest.mark.parametrize('name,sae_args', TWINS)
 def test_round_trip_through_hub_cache(name, sae_args, tmp_path):
     model = _model(name, num_classes=5, **sae_args)
     checkpoint = tmp_path / 'weights.safetensors'
@@ -343,7 +344,8 @@ def test_twins_name_the_family_once():
 
 
 def test_family_table_shows_true_twins_and_counts_tags_by_weights(monkeypatch):
-    monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: ['saeresnet26', 'saeresnet50t', 'saeresnet50'])
+    monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: [
+        'saeresnet26', 'saeresnet50t', 'saeresnext26d_32x4d'])
     header, _, *lines = family_table(img_size=32)
     rows = {line.split(' | ')[0][2:]: line.split(' | ')[1:] for line in lines}
     assert header.endswith('| SE twin | SE twin params (M) | default tag | license | weight tags: plain + SE + SaE | '
@@ -352,9 +354,11 @@ def test_family_table_shows_true_twins_and_counts_tags_by_weights(monkeypatch):
     assert rows['saeresnet26'][-2:] == ['1 + 0 + 0', '0 |']
     assert rows['saeresnet50t'][2] == 'seresnet50t' and rows['saeresnet50t'][-4:] == [
         'untrained', 'apache-2.0', '0 + 0 + 0', '1 |']
-    assert rows['saeresnet50'][2] == 'seresnet50' and rows['saeresnet50'][-2:] == ['19 + 4 + 0', '0 |']
+    assert rows['saeresnext26d_32x4d'][2] == 'seresnext26d_32x4d' and rows['saeresnext26d_32x4d'][-2:] == [
+        '0 + 1 + 0', '0 |']
 
 
+@pytest.mark.slow  # CI runs the full `timm-sae demo` as a step of its own
 def test_demo_command(monkeypatch, capsys):
     """``timm-sae demo`` on a small model: exact Hub round trip and warm start, timed against the SE twin."""
     monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: ['saeresnet18'])  # a one-row family table

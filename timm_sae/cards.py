@@ -1,22 +1,17 @@
-"""Model cards of SaE weights: records checked by huggingface_hub's strict dataclasses, rendered from a template.
+"""Model cards of SaE weights: strict records (huggingface_hub's ``@strict`` dataclasses) and a card template.
 
-Each published tag has a folder ``hub_cards/<arch>.<tag>/`` holding ``results.json`` (written by the
-benchmark that measured the weights; its schema is ``Results``) and ``README.md``, its render by
-``render_card`` (``timm-sae card hub_cards/<arch>.<tag>``), which is what ``timm-sae export
---card-results`` puts in the Hub folder. The card shows every figure exactly as the results file has it.
-
-An export without a results file gets the card of an ``ExportInfo`` (what the model is); with a
-``Source`` that card describes an exact conversion of timm's plain or SE weights (``timm_sae.convert``):
-the source's function, SaE layers untrained, meant to be fine-tuned.
-
-The card is ``huggingface_hub.ModelCard.from_template`` of the package's ``card_template.md`` (Jinja2); its
-front matter a ``ModelCardData`` (license, datasets, ``base_model``, and the ``model-index`` from one
-``EvalResult`` a metric), so the Hub reads back exactly the metadata rendered here.
+A published tag's folder ``hub_cards/<arch>.<tag>/`` holds ``results.json`` (written by the benchmark that measured
+the weights, schema ``Results``) and ``README.md``, its render (``timm-sae card``), which ``timm-sae export
+--card-results`` puts in the Hub folder; the card shows every figure as the results file has it. An export without
+results gets the card of an ``ExportInfo``; with a ``Source``, that of an exact conversion of timm's plain or SE
+weights (``timm_sae.convert``): the source's function, SaE layers untrained, meant to be fine-tuned. The card is
+``huggingface_hub.ModelCard.from_template`` of the package's ``card_template.md`` (Jinja2), its front matter a
+``ModelCardData`` (license, datasets, ``base_model``, the ``model-index``), so the Hub reads back what it shows.
 """
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Type, TypeVar, Union
 
@@ -63,18 +58,15 @@ def _record(cls: Type[R], data: Any, where: str) -> R:
     """The record ``cls`` of a parsed JSON object; ``CardError`` naming ``where`` and what is off the schema."""
     if not isinstance(data, dict):
         raise CardError(f'{where} must be a JSON object, got {type(data).__name__}')
-    unknown = sorted(data.keys() - {f.name for f in fields(cls)})
     try:
-        if unknown:
-            raise TypeError(f'unknown keys {unknown}')
         return cls(**data)
-    except (TypeError, StrictDataclassError) as e:
-        causes = [e] if isinstance(e, TypeError) else []
-        while e.__cause__ is not None:  # the strict dataclass error's causes: which field, then what in it
-            e = e.__cause__
-            causes.append(e)
-        reason = ': '.join(str(c).replace(f'{cls.__name__}.__init__() ', '') for c in causes)
-        raise CardError(f'{where}: {reason}; the schema is timm_sae.cards.{cls.__name__}') from None
+    except (TypeError, StrictDataclassError) as e:  # a missing or unknown key; which field is off, then what in it
+        causes = [e]
+        while causes[-1].__cause__ is not None:
+            causes.append(causes[-1].__cause__)
+        reason = ': '.join(str(c) for c in causes if not isinstance(c, StrictDataclassError))
+        raise CardError(f'{where}: {reason.replace(f"{cls.__name__}.__init__() ", "")}; '
+                        f'the schema is timm_sae.cards.{cls.__name__}') from None
 
 
 @strict
@@ -89,14 +81,10 @@ class Dataset:
 @strict
 @dataclass
 class Source:
-    """The weights an export is an exact conversion of (``timm_sae.convert``).
-
-    Attributes:
-        name: timm ``arch.tag`` (e.g. ``resnet50.a1_in1k``) or the checkpoint file's name.
-        kind: ``'plain'`` (a ResNet: either gate) or ``'se'`` (an SE-ResNet: the plain gate, ``sae_residual=False``).
-        hf_hub_id: the source's Hub repository: linked, and the card's ``base_model``.
-        license: the source's license, carried over to the conversion; ``None`` if unknown.
-        paper_ids: arXiv ids of the source weights' papers (``2110.00476`` or ``arXiv:2110.00476``).
+    """The weights an export is an exact conversion of (``timm_sae.convert``): timm ``arch.tag`` or the checkpoint's
+    file ``name``; ``kind`` ``'plain'`` (either gate) or ``'se'`` (the plain gate, ``sae_residual=False``); the
+    source's Hub repository (linked, the card's ``base_model``), its ``license`` (carried over; ``None``: unknown),
+    and the arXiv ids of its papers (``2110.00476`` or ``arXiv:2110.00476``).
     """
     name: str
     kind: Literal['plain', 'se']
@@ -159,24 +147,13 @@ class ExportInfo(_ModelStats):
 class Results(_ModelStats):
     """A results file (``hub_cards/<model>.<tag>/results.json``): the measured weights and how they were measured.
 
-    Attributes:
-        model: architecture, e.g. ``saeresnet18``.
-        tag: weight tag, e.g. ``fmnist``; the Hub repository is ``<HUB_ORG>/<model>.<tag>``.
-        dataset: where the metrics were measured.
-        metrics: metric name -> number, e.g. ``{"top1": 91.5, "top5": 99.8, "loss": 0.24}``; top1 / top5 in %.
-        params: parameter count (must equal the exported model's).
-        gmacs: GMACs of one image at ``img_size``.
-        img_size: evaluation input size, an integer or ``[H, W]``.
-        recipe: training recipe, name -> value (epochs, optimizer, lr, batch size, ...).
-        command: the command that produced the weights and these figures.
-        versions: package -> version (timm, torch, timm_sae, ...).
-        hardware: where it ran, e.g. ``2-core CPU``.
-        repo_id: Hub repository, default ``<HUB_ORG>/<model>.<tag>``.
-        in_chans: input channels.
-        num_classes: classifier size.
-        model_args: entrypoint arguments of the weights (``sae_cardinality``, ...); checked against the export.
-        license: the weights' license, default apache-2.0.
-        checkpoint: the checkpoint the weights were exported from (shown in the export command).
+    ``model`` and ``tag`` name the weights (the Hub repository is ``repo_id``, default ``<HUB_ORG>/<model>.<tag>``);
+    ``dataset`` is where the ``metrics`` (name -> number, e.g. ``{"top1": 91.5, "loss": 0.24}``; top1 / top5 in %)
+    were measured, at ``img_size`` (an integer or ``[H, W]``), on ``hardware`` with ``versions`` (package ->
+    version), by ``command``; ``recipe`` (name -> value) is the training recipe. ``params`` must equal the exported
+    model's and ``model_args`` (``sae_cardinality``, ...) agree with the export's; ``gmacs`` is of one image at
+    ``img_size``; ``license`` defaults to apache-2.0; ``checkpoint`` (shown in the export command) is the file the
+    weights were exported from. hub_cards/README.md has the table of the keys.
     """
     tag: str
     dataset: Dataset

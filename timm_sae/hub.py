@@ -1,24 +1,12 @@
 """SaE weights on the Hugging Face Hub: export a checkpoint or an exact conversion as a Hub folder, push it.
 
-Built on timm's own hub helpers. ``save_export`` writes what ``timm.models.save_for_hf`` writes
-(``model.safetensors`` and ``config.json``: architecture, num_classes, num_features, global_pool,
-``model_args`` and ``pretrained_cfg``) plus a model card (``README.md``, see ``timm_sae.cards``), so after
-``import timm_sae``::
-
-    timm.create_model('hf-hub:ORG/NAME', pretrained=True)
-
-rebuilds the architecture with its ``model_args`` (``sae_cardinality``, ``sae_rd_ratio``, ``sae_residual``,
-``in_chans``) and loads the weights. ``push_folder`` uploads such a folder the way
-``timm.models.push_to_hf_hub`` does (a README already on the Hub is kept).
-
-Registering a tag once its weights are on the Hub: add to ``default_cfgs`` in ``sae_resnet.py``::
-
-    'saeresnet18.fmnist': _cfg(hf_hub_id=f'{HUB_ORG}/saeresnet18.fmnist', num_classes=10, ...),
-
-(full ids: timm completes only ``'timm/'`` itself) and commit ``hub_cards/saeresnet18.fmnist/`` beside it.
-
-Checkpoint files are read by ``timm_sae.weights_file``, which tells a file's kind by its bytes and never
-unpickles freely.
+A Hub folder is what ``timm.models.save_for_hf`` writes (``model.safetensors``, ``config.json`` with
+``model_args`` and ``pretrained_cfg``) plus a model card (``README.md``, ``timm_sae.cards``): after ``import
+timm_sae``, ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` rebuilds the model and loads the weights.
+``push_folder`` uploads it the way ``timm.models.push_to_hf_hub`` does (a README already on the Hub is kept).
+Once a tag's weights are on the Hub, register it in ``default_cfgs`` of ``sae_resnet.py`` with its full
+``hf_hub_id`` (timm completes only ``'timm/'``) and commit ``hub_cards/<arch>.<tag>/`` beside it.
+Checkpoints are read by ``timm_sae.weights_file``, which tells a file's kind by its bytes and never unpickles freely.
 """
 import inspect
 import json
@@ -111,12 +99,8 @@ def _check_fit(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], what
 
 
 def model_from_checkpoint(
-        checkpoint: Checkpoint,
-        model_name: Optional[str] = None,
-        num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-) -> torch.nn.Module:
+        checkpoint: Checkpoint, model_name: Optional[str] = None, num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
     """The SaE model the checkpoint's weights belong to, with those weights.
 
     Each setting comes from the arguments, else from what the checkpoint implies (``implied_model``). The model
@@ -161,25 +145,18 @@ def _label_names(path: PathLike, num_classes: int) -> List[str]:
 
 
 def save_export(
-        model: torch.nn.Module,
-        output_dir: PathLike,
-        model_args: Optional[Mapping[str, Any]] = None,
-        data_config: Optional[Mapping[str, Any]] = None,
-        label_names: Optional[Sequence[str]] = None,
-        results: Optional[cards.Results] = None,
-        source: Optional[cards.Source] = None,
-        license: Optional[str] = None,
-        overwrite: bool = False,
-) -> Path:
+        model: torch.nn.Module, output_dir: PathLike, model_args: Optional[Mapping[str, Any]] = None,
+        data_config: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None,
+        results: Optional[cards.Results] = None, source: Optional[cards.Source] = None, license: Optional[str] = None,
+        overwrite: bool = False) -> Path:
     """Write ``model`` as a Hub folder: ``model.safetensors``, ``config.json`` (``save_for_hf``), ``README.md``.
 
-    The folder is written next to ``output_dir`` under a temporary name and renamed into place, so
-    a failure leaves nothing behind. An existing ``output_dir`` is replaced only with ``overwrite``.
-    ``results`` (a results file, see ``timm_sae.cards``) go into the card and must describe ``model``.
-    ``source`` marks an exact conversion (``export_conversion``): its provenance goes into the card, and the
-    model's pretrained cfg (``timm_sae.convert.converted_cfg``) describes the weights. Otherwise the
-    description, license and papers of the registry tag the model was built with are not these weights' and
-    are replaced: the SaE paper, and ``license`` (default: the results', else apache-2.0).
+    The folder is written under a temporary name beside ``output_dir`` and renamed into place, so a failure leaves
+    nothing behind; an existing ``output_dir`` is replaced only with ``overwrite``. ``results`` (a results file,
+    ``timm_sae.cards``) go into the card and must describe ``model``. ``source`` marks an exact conversion
+    (``export_conversion``), whose pretrained cfg (``timm_sae.convert.converted_cfg``) describes the weights;
+    otherwise a registry tag's description, license and papers are replaced by the SaE paper and ``license``
+    (default: the results', else apache-2.0).
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
@@ -228,13 +205,10 @@ def save_export(
 
 
 def _portable_model_args(model_args: Mapping[str, Any]) -> Dict[str, Any]:
-    """The ``model_args`` of an export's config.json that rebuilding the model needs.
-
-    ``num_classes`` goes (config.json has its own, which timm reads), and so does every other argument equal to
-    timm ``ResNet``'s default (``global_pool='avg'``). The ``sae_*`` arguments stay, and ``in_chans`` always does:
-    transformers does not read it from the pretrained cfg, and timm 1.0.31's ``hf-hub:`` loading turns the
-    cfg's JSON lists back into tuples only when ``model_args`` has it (a list ``input_size`` breaks
-    benchmark.py and onnx_export.py).
+    """The ``model_args`` of config.json that rebuilding the model needs: no ``num_classes`` (config.json has its
+    own) nor arguments equal to timm ``ResNet``'s defaults; the ``sae_*`` ones and always ``in_chans``, which
+    transformers does not read from the pretrained cfg and without which timm 1.0.31's ``hf-hub:`` loading leaves
+    the cfg's JSON lists as lists (a list ``input_size`` breaks benchmark.py and onnx_export.py).
     """
     defaults = {name: p.default for name, p in inspect.signature(ResNet).parameters.items()}
     return {
@@ -273,32 +247,16 @@ def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
 
 
 def export_checkpoint(
-        checkpoint: PathLike,
-        output_dir: PathLike,
-        model_name: Optional[str] = None,
-        use_ema: bool = False,
-        num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-        label_names: Optional[PathLike] = None,
-        results: Optional[PathLike] = None,
-        overwrite: bool = False,
-        allow_nonfinite: bool = False,
-) -> Path:
-    """Export a checkpoint to a Hub-ready folder (see ``save_export``).
+        checkpoint: PathLike, output_dir: PathLike, model_name: Optional[str] = None, use_ema: bool = False,
+        num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None, label_names: Optional[PathLike] = None,
+        results: Optional[PathLike] = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
+    """Export a timm train.py checkpoint, state dict (``.pth``, ``.bin``) or ``.safetensors`` file as a Hub folder.
 
-    Args:
-        checkpoint: timm train.py checkpoint, state dict (``.pth``, ``.bin``) or ``.safetensors`` file.
-        output_dir: folder to create.
-        model_name: architecture; default: the checkpoint's ``arch`` / ``args.model``.
-        use_ema: export the checkpoint's EMA weights (``state_dict_ema``).
-        num_classes: classifier size; default: train.py ``args``, else the classifier weight's shape.
-        in_chans: input channels; default: train.py ``args``, else the first conv weight's shape.
-        model_kwargs: entrypoint arguments (``sae_*`` ...) over train.py's ``--model-kwargs``.
-        label_names: file of class names (JSON list or one a line) for ``config.json``.
-        results: results file (``hub_cards/<arch>.<tag>/results.json``) for the model card.
-        overwrite: replace an existing ``output_dir``.
-        allow_nonfinite: export weights with NaN or inf (logged) instead of refusing them.
+    The architecture, ``num_classes``, ``in_chans`` and ``model_kwargs`` (``sae_*`` ...) given override what the
+    checkpoint implies (``implied_model``); ``use_ema`` exports its EMA weights. ``label_names`` is a file of class
+    names (a JSON list or one a line), ``results`` a results file (``hub_cards/<arch>.<tag>/results.json``) for
+    the card. Weights with NaN or inf are refused unless ``allow_nonfinite`` (then logged). See ``save_export``.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
@@ -324,32 +282,17 @@ def _inherited_license(checkpoint: Checkpoint) -> Optional[str]:
 
 
 def export_conversion(
-        source: str,
-        output_dir: PathLike,
-        source_model: Optional[str] = None,
-        use_ema: bool = False,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-        overwrite: bool = False,
-        allow_nonfinite: bool = False,
-) -> Path:
+        source: str, output_dir: PathLike, source_model: Optional[str] = None, use_ema: bool = False,
+        model_kwargs: Optional[Mapping[str, Any]] = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
     """Export the exact SaE conversion of plain or SE ResNet weights (``timm_sae.convert``) as a Hub folder.
 
-    Args:
-        source: a timm name with tag (``resnet50.a1_in1k``, ``seresnext26d_32x4d.bt_in1k``; loaded with
-            ``timm.create_model(source, pretrained=True)``, so from the Hub or its cache), ``hf-hub:ORG/NAME``, or a
-            checkpoint file (train.py checkpoint, state dict, ``.safetensors``) of a timm plain or SE ResNet.
-        output_dir: folder to create.
-        source_model: architecture of a checkpoint source (default: the checkpoint's ``arch`` / ``args.model``).
-        use_ema: convert a checkpoint's EMA weights.
-        model_kwargs: SaE arguments (``sae_cardinality``, ``sae_rd_ratio``, ``sae_residual``); an SE source
-            defaults to ``sae_residual=False``, the only exact gate for it.
-        overwrite: replace an existing ``output_dir``.
-        allow_nonfinite: convert weights with NaN or inf (logged) instead of refusing them.
-
-    Names are checked before anything is read or downloaded: the source architecture must have an SaE twin,
-    and a timm tag must exist. The SaE model is built through timm's own pretrained loading (the path of the
-    registered conversion tags), with the source's classes, input channels, preprocessing and license, and its
-    SaE branches initialised from seed 0, so that a conversion is reproducible.
+    ``source`` is a timm name with tag (``resnet50.a1_in1k``, loaded with ``timm.create_model(source,
+    pretrained=True)``: from the Hub or its cache), ``hf-hub:ORG/NAME``, or a checkpoint file of a timm plain or SE
+    ResNet (architecture: ``source_model``, else what the checkpoint implies; ``use_ema`` for its EMA weights).
+    ``model_kwargs`` are SaE arguments; an SE source defaults to ``sae_residual=False``, the only exact gate for it.
+    Names are checked before anything is read or downloaded. The SaE model is built through timm's own pretrained
+    loading, with the source's classes, input channels, preprocessing and license, and its SaE branches seeded
+    (0), so that a conversion is reproducible. ``overwrite`` and ``allow_nonfinite`` as for ``export_checkpoint``.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
@@ -445,16 +388,9 @@ def _conversion_source(
 
 
 def push_folder(
-        folder: PathLike,
-        repo_id: str,
-        token: Optional[str] = None,
-        private: bool = False,
-        revision: Optional[str] = None,
-        create_pr: bool = False,
-        commit_message: str = 'Add model',
-        update_card: bool = False,
-        api: Optional[HfApi] = None,
-) -> Any:
+        folder: PathLike, repo_id: str, token: Optional[str] = None, private: bool = False,
+        revision: Optional[str] = None, create_pr: bool = False, commit_message: str = 'Add model',
+        update_card: bool = False, api: Optional[HfApi] = None) -> Any:
     """Upload an exported folder (weights, config, card) to ``repo_id``; returns the Hub's commit info.
 
     The token is ``token``, else ``HF_TOKEN``, else the saved login. The repository is created if
@@ -487,16 +423,12 @@ def push_folder(
             commit_message=commit_message,
             allow_patterns=[n for n in EXPORT_FILES if not (keep_card and n == CARD_NAME)])
     except HfHubHTTPError as e:
-        status = getattr(e.response, 'status_code', None)
-        if status == 401:
-            message = 'the Hub refused the token (401 Unauthorized); check --token / HF_TOKEN or log in again ' \
-                      'with `hf auth login`'
-        elif status == 403:
-            message = (f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
-                       f'{repo_id.split("/")[0]}')
-        else:
-            message = f'the Hub refused the push to {repo_id} ({first_line(e)})'
-        raise PushError(message) from e
+        raise PushError({
+            401: 'the Hub refused the token (401 Unauthorized); check --token / HF_TOKEN or log in again with '
+                 '`hf auth login`',
+            403: f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
+                 f'{repo_id.split("/")[0]}',
+        }.get(getattr(e.response, 'status_code', None), f'the Hub refused the push to {repo_id} ({first_line(e)})')) from e
     except Exception as e:  # network and transport failures, whichever HTTP client huggingface_hub uses
         raise PushError(
             f'could not reach the Hugging Face Hub ({type(e).__name__}: {first_line(e)}); check the network '
