@@ -392,3 +392,13 @@ def test_export_writes_the_results_card(tmp_path):
     with pytest.raises(cards.CardError, match='give the results file of these weights'):
         hub.export_checkpoint(checkpoint, tmp_path / 'out2', model_name='saeresnet18', results=folder / 'results.json')
     assert not (tmp_path / 'out2').exists()
+
+
+def test_results_match_the_exported_model_args():
+    """A results file's model_args (JSON: lists) agree with the export's (tuples), and a difference is named."""
+    results = cards.check_results(_sample_results(model_args={'sae_stages': [3, 4], 'sae_cardinality': 4}))
+    cards.check_results_match(results, 'saeresnet18', results.params, dict(sae_stages=(3, 4), sae_cardinality=4))
+    with pytest.raises(cards.CardError, match=r"the results have model_args \{'sae_stages': \[3, 4\]\}"):
+        cards.check_results_match(results, 'saeresnet18', results.params, dict(sae_stages=(1, 2, 3, 4)))
+    with pytest.raises(cards.CardError, match='give the results file of these weights'):
+        cards.check_results_match(results, 'saeresnet34', results.params)

@@ -72,7 +72,7 @@ def test_round_trip_through_hub_cache(name, sae_args, tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == name and config['num_classes'] == 5
     # only what rebuilding needs: transformers' timm wrapper passes num_classes itself
-    assert config['model_args'] == dict(hub.sae_model_args(sae_args), in_chans=3)
+    assert config['model_args'] == json.loads(json.dumps(dict(hub.sae_model_args(sae_args), in_chans=3)))
     cfg = config['pretrained_cfg']
     assert {'input_size', 'crop_pct', 'interpolation', 'mean', 'std'} <= cfg.keys()
     # the registry tag's description is not these weights': the SaE paper and the default license instead

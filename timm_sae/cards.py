@@ -200,7 +200,8 @@ def check_results_match(results: Results, arch: str, params: int, model_args: Op
         raise CardError(
             f'the results describe {results.model} with {results.params:,} parameters, the weights are '
             f'{arch} with {params:,}; give the results file of these weights')
-    differ = {k: v for k, v in results.model_args.items() if k in (model_args or {}) and model_args[k] != v}
+    model_args = json.loads(json.dumps(model_args or {}))  # as a results file holds them: tuples are lists
+    differ = {k: v for k, v in results.model_args.items() if k in model_args and model_args[k] != v}
     if differ:
         raise CardError(f'the results have model_args {differ}, the weights {dict(model_args)}')
 
