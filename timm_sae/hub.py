@@ -28,7 +28,7 @@ from timm.models.resnet import ResNet
 from . import cards
 from .cards import CARD_NAME
 from .convert import (
-    SAE_PAPER_ID, ConversionError, converted_cfg, some_names, source_kind, state_dict_mismatch, train_args_gate, twins)
+    SAE_PAPER_ID, converted_cfg, some_names, source_kind, state_dict_mismatch, train_args_gate, twins)
 from .errors import CheckpointError, HubError, PushError, first_line
 from .measure import describe, param_count
 from .sae_resnet import _create_saeresnet
@@ -309,7 +309,7 @@ def export_conversion(
         model = timm.create_model(
             target, pretrained=True, pretrained_cfg=cfg, pretrained_cfg_overlay=dict(state_dict=state_dict),
             num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
-    except (ConversionError, TypeError) as e:
+    except (TypeError, ValueError) as e:  # ConversionError, and bad SaE arguments
         raise CheckpointError(f'{name} -> {target}: {first_line(e)}') from e
     return save_export(
         model.eval(), output_dir, sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg), overwrite=overwrite)
