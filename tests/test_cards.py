@@ -1,17 +1,21 @@
 """Model cards: typed results, rendered through huggingface_hub's card API, figures equal to the results file."""
+import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any, Dict, List, Mapping
 
 import pytest
 import torch
 import timm
 from huggingface_hub import ModelCard
+from huggingface_hub.errors import StrictDataclassError
 from timm.models import get_pretrained_cfg
 
 import timm_sae  # noqa: F401
 from timm_sae import cards, convert, hub
 from timm_sae.cli import main
+from timm_sae.family import tag_weights
 from timm_sae.sae_resnet import HUB_ORG
 
 HUB_CARDS = Path(__file__).resolve().parents[1] / 'hub_cards'
@@ -89,55 +93,59 @@ def test_card_figures_equal_results(tmp_path):
 
 
 def test_card_repo_id_override(tmp_path):
-    card = cards.render_card(_sample_results(repo_id='someone/sae18'))
+    card = cards.render_card(cards.check_results(_sample_results(repo_id='someone/sae18')))
     assert "create_model('hf-hub:someone/sae18'" in card and '--repo-id someone/sae18' in card
 
 
 @pytest.mark.parametrize('change,pattern', [
-    (dict(metrics=None), r'metrics must be an object mapping metric names to numbers, e\.g\. .*got None'),
-    (dict(metrics={}), 'metrics must be an object mapping metric names to numbers'),
-    (dict(metrics={'top1': '91'}), r"metrics must be an object mapping metric names .*got \{'top1': '91'\}"),
-    (dict(metrics={'top1': True}), 'metrics must be an object mapping metric names'),
-    (dict(params=11.2), 'params must be an integer, got 11.2'),
-    (dict(params=True), 'params must be an integer, got True'),
-    (dict(gmacs='0.03'), 'gmacs must be a number'),
-    (dict(img_size=[32]), 'img_size must be an integer or a list of 2 integers, got \\[32\\]'),
-    (dict(dataset={'id': 'x'}), r'dataset must be an object with keys id, name, split'),
-    (dict(dataset={'id': 'x', 'name': 'y', 'split': 3}), r'dataset must be an object with keys id, name, split'),
-    (dict(versions={'torch': 2.14}), 'versions must be an object mapping names to strings'),
-    (dict(recipe=[1]), r'recipe must be an object, got \[1\]'),
-    (dict(speed=3), r"unknown keys \['speed'\]"),
-    (dict(command=None), 'command must be a string, got None'),
-    (dict(license=2), 'license must be a string or null, got 2'),
+    (dict(metrics=None), "'metrics' expected a dict, got NoneType"),
+    (dict(metrics={}), r'metrics must name at least one metric, e\.g\. \{"top1": 91\.5\}'),
+    (dict(metrics={'top1': '91'}), r"'metrics\['top1'\]' with value '91' doesn't match any type in \(<class 'int'>"),
+    (dict(metrics={'top1': True}), r"'metrics\['top1'\]' with value True doesn't match"),
+    (dict(params=11.2), r"'params' expected int, got float \(value: 11\.2\)"),
+    (dict(params=True), r"'params' expected int, got bool \(value: True\)"),
+    (dict(gmacs='0.03'), "'gmacs' with value '0.03' doesn't match any type"),
+    (dict(img_size=[32]), r'img_size must be an integer or \[H, W\], got \[32\]'),
+    (dict(img_size=(28, 28)), r"'img_size' with value \(28, 28\) doesn't match"),
+    (dict(dataset={'id': 'x'}), r"dataset: missing 2 required positional arguments: 'name' and 'split'.*cards\.Dataset"),
+    (dict(dataset={'id': 'x', 'name': 'y', 'split': 3}), r"dataset: Field 'split' expected str, got int"),
+    (dict(dataset='Fashion-MNIST'), "'dataset' expected Dataset, got str"),
+    (dict(versions={'torch': 2.14}), r"'versions\['torch'\]' expected str, got float"),
+    (dict(recipe=[1]), "'recipe' expected a dict, got list"),
+    (dict(speed=3), "got an unexpected keyword argument 'speed'"),
+    (dict(command=None), "'command' expected str, got NoneType"),
+    (dict(license=2), "'license' with value 2 doesn't match any type"),
 ])
 def test_results_schema_errors(change, pattern):
     with pytest.raises(cards.CardError, match=pattern) as error:
         cards.check_results(_sample_results(**change), 'hub_cards/x/results.json')
-    assert str(error.value).startswith('hub_cards/x/results.json: ')  # says which file
+    message = str(error.value)
+    assert message.startswith('hub_cards/x/results.json: ') and '\n' not in message  # one line that says which file
+    assert 'the schema is timm_sae.cards.' in message
 
 
 def test_results_are_typed():
-    """A results file parses into frozen records: nested dataset, [H, W] as a tuple, defaults filled in."""
+    """A results file parses into strict records: nested dataset, defaults filled in, every assignment checked."""
     results = cards.check_results(_sample_results(img_size=[28, 32], repo_id=None))
     assert isinstance(results, cards.Results) and isinstance(results.dataset, cards.Dataset)
-    assert results.dataset.split == 'test' and results.img_size == (28, 32) and results.name == 'saeresnet18.fmnist'
+    assert results.dataset.split == 'test' and results.img_size == [28, 32] and results.name == 'saeresnet18.fmnist'
     assert results.license is None and results.model_args == {} and results.repo_id is None
     assert results.metrics == {'top1': 91.37, 'top5': 99.81, 'loss': 0.2468}
-    with pytest.raises(AttributeError):
-        results.tag = 'other'  # frozen
+    with pytest.raises(StrictDataclassError, match="'tag' expected str"):
+        results.tag = 3
     # the same checks when a record is built in Python
-    with pytest.raises(cards.CardError, match=r"kind must be 'plain' or 'se', got 'SE'"):
+    with pytest.raises(StrictDataclassError, match=r"'kind' expected one of \('plain', 'se'\), got SE"):
         cards.Source(name='seresnet50.ra2_in1k', kind='SE')
-    with pytest.raises(cards.CardError, match='paper_ids must be arXiv ids'):
-        cards.Source(name='resnet50.a1_in1k', kind='plain', paper_ids=('doi:10.1000/1',))
-    with pytest.raises(cards.CardError, match='gmacs must be a number'):
+    with pytest.raises(StrictDataclassError, match='paper_ids must be arXiv ids'):
+        cards.Source(name='resnet50.a1_in1k', kind='plain', paper_ids=['doi:10.1000/1'])
+    with pytest.raises(StrictDataclassError, match="'gmacs' with value None"):
         cards.ExportInfo(model='saeresnet18', params=1, gmacs=None, img_size=224)
 
 
 def test_results_missing_key_and_bad_json(tmp_path):
     results = _sample_results()
     del results['hardware']
-    with pytest.raises(cards.CardError, match=r"missing keys \['hardware'\]"):
+    with pytest.raises(cards.CardError, match=r"missing 1 required keyword-only argument: 'hardware'"):
         cards.check_results(results)
     with pytest.raises(cards.CardError, match='results must be a JSON object, got list'):
         cards.check_results([results])
@@ -151,8 +159,8 @@ def test_results_table_of_hub_cards_readme_is_the_schema():
     rows = re.findall(r'^\| `(\w+)` \| ([^|]+) \|', (HUB_CARDS / 'README.md').read_text(), re.MULTILINE)
     documented = {key: 'optional' in kind for key, kind in rows}
     schema = {
-        f.name: f.default is not cards.dataclasses.MISSING or f.default_factory is not cards.dataclasses.MISSING
-        for f in cards.dataclasses.fields(cards.Results)}
+        f.name: f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cards.Results)}
     assert documented == schema
 
 
@@ -186,8 +194,8 @@ def _timm_source(name: str, kind: str) -> cards.Source:
 
 
 def _export_info(model='saeresnet50', source=None, **model_args):
-    return dict(model=model, params=25_557_032, gmacs=4.1, img_size=[224, 224], in_chans=3, num_classes=1000,
-                model_args=model_args, source=source)
+    return cards.ExportInfo(model=model, params=25_557_032, gmacs=4.1, img_size=[224, 224], in_chans=3,
+                            num_classes=1000, model_args=model_args, source=source)
 
 
 def _papers(details: str):
@@ -199,7 +207,7 @@ def test_conversion_card_of_a_plain_source():
     source = _timm_source('resnet50.a1_in1k', 'plain')
     assert source == cards.Source(
         name='resnet50.a1_in1k', kind='plain', hf_hub_id='timm/resnet50.a1_in1k', license='apache-2.0',
-        paper_ids=('arXiv:2110.00476',))
+        paper_ids=['arXiv:2110.00476'])
     text = cards.render_card(_export_info(source=source), name='saeresnet50.a1', folder='exports/saeresnet50.a1')
     meta, body = _split_card(text)
     assert meta['base_model'] == 'timm/resnet50.a1_in1k' and meta['license'] == 'apache-2.0'
@@ -230,7 +238,7 @@ def test_conversion_card_carries_a_non_commercial_license():
 def test_conversion_card_of_an_se_source():
     """seresnext26d_32x4d.bt_in1k -> saeresnext26d_32x4d needs the plain gate; the card says how SE fills the layer."""
     source = _timm_source('seresnext26d_32x4d.bt_in1k', 'se')
-    assert source.paper_ids == () and source.license == 'apache-2.0'
+    assert source.paper_ids == [] and source.license == 'apache-2.0'
     info = _export_info('saeresnext26d_32x4d', source, sae_residual=False)
     meta, body = _split_card(cards.render_card(info))
     assert meta['base_model'] == 'timm/seresnext26d_32x4d.bt_in1k'
@@ -238,13 +246,12 @@ def test_conversion_card_of_an_se_source():
     assert 'SE-ResNet weights' in description and "SE's plain gate x * s (`sae_residual=False`)" in description
     assert 'first r rows of the branch matrix' in description and 'other columns are 0' in description
     assert _papers(_section(body, 'Model Details')) == ['2308.13343']
-    with pytest.raises(cards.CardError, match='converts exactly only into the plain gate'):
-        cards.render_card(_export_info('saeresnext26d_32x4d', source))
+    with pytest.raises(StrictDataclassError, match='converts exactly only into the plain gate'):
+        _export_info('saeresnext26d_32x4d', source)
 
 
 def test_conversion_card_of_a_checkpoint_without_license():
-    # as hub.export_conversion gives it: a mapping, the papers a list
-    source = dict(name='resnet18_run3.pth.tar', kind='plain', hf_hub_id=None, license=None, paper_ids=['1512.03385'])
+    source = cards.Source(name='resnet18_run3.pth.tar', kind='plain', paper_ids=['1512.03385'])
     meta, body = _split_card(cards.render_card(_export_info('saeresnet18', source)))
     assert meta['license'] == 'other' and 'base_model' not in meta
     assert 'conversion of the plain ResNet weights `resnet18_run3.pth.tar`.' in body
@@ -290,33 +297,67 @@ def test_card_folder_must_be_named_after_its_results(tmp_path):
         cards.write_card(folder)
 
 
+def registered_cfgs() -> Dict[str, Dict[str, Any]]:
+    """The pretrained cfgs of every registered SaE ``<arch>.<tag>``."""
+    return {name: get_pretrained_cfg(name).to_dict() for name in timm.list_models(module='sae_resnet', include_tags=True)}
+
+
+def check_cards(cfgs: Mapping[str, Mapping[str, Any]], cards_dir: Path) -> List[str]:
+    """Problems with the cards of the tags in ``cfgs`` (``registered_cfgs()``) and the folders in ``cards_dir``.
+
+    Every tag of SaE weights of its own (``tag_weights``: not untrained, not an exact conversion of timm's weights)
+    needs ``hf_hub_id`` ``<HUB_ORG>/<arch>.<tag>`` and a card folder; every card folder a valid results file, the
+    right name and a README.md equal to a fresh render.
+    """
+    problems = []
+    for name, cfg in sorted(cfgs.items()):
+        if tag_weights(name, cfg) != 'sae':
+            continue
+        if cfg.get('hf_hub_id') != f'{HUB_ORG}/{name}':
+            problems.append(f"{name}: hf_hub_id is {cfg.get('hf_hub_id')!r}, expected '{HUB_ORG}/{name}'")
+        if not (cards_dir / name / cards.RESULTS_NAME).is_file():
+            problems.append(f'{name}: no {cards_dir / name / cards.RESULTS_NAME}; commit the card folder with the tag')
+    for folder in sorted(p for p in cards_dir.iterdir() if p.is_dir()):
+        try:
+            results = cards.load_results(folder / cards.RESULTS_NAME)
+        except cards.CardError as e:
+            problems.append(str(e))
+            continue
+        card = folder / cards.CARD_NAME
+        if folder.name != results.name:
+            problems.append(f'{folder} holds the results of {results.name}; name the folder {results.name}')
+        elif not card.is_file() or card.read_text(encoding='utf-8') != cards.render_card(results):
+            problems.append(f'{card} is not the render of its results file; run timm-sae card {folder}')
+    return problems
+
+
 def test_check_cards_on_a_fake_registry(tmp_path):
     """The checker finds a published tag without a card, a wrong hf_hub_id and a stale card."""
     name = 'saeresnet18.fmnist'
     cfgs = {'saeresnet18.untrained': {}, name: {'hf_hub_id': f'{HUB_ORG}/{name}'}}
-    problems = cards.check_cards(cfgs, tmp_path)
+    problems = check_cards(cfgs, tmp_path)
     assert len(problems) == 1 and 'no ' in problems[0] and name in problems[0]
 
     folder = _card_folder(tmp_path, _sample_results())
-    problems = cards.check_cards(cfgs, tmp_path)
+    problems = check_cards(cfgs, tmp_path)
     assert len(problems) == 1 and 'not the render' in problems[0]  # README.md not rendered yet
     cards.write_card(folder)
-    assert cards.check_cards(cfgs, tmp_path) == []
+    assert check_cards(cfgs, tmp_path) == []
 
-    assert 'hf_hub_id' in cards.check_cards({name: {'hf_hub_id': f'timm/{name}'}}, tmp_path)[0]
+    assert 'hf_hub_id' in check_cards({name: {'hf_hub_id': f'timm/{name}'}}, tmp_path)[0]
     # an exact conversion of timm's weights loads them from timm's repository and needs no card folder here
     conversion = {'saeresnet50.resnet50_a1_in1k': {'hf_hub_id': 'timm/resnet50.a1_in1k'}}
-    assert cards.check_cards({**cfgs, **conversion}, tmp_path) == []
+    assert check_cards({**cfgs, **conversion}, tmp_path) == []
     mislabelled = {'saeresnet50.a1_in1k': {'hf_hub_id': 'timm/resnet50.a1_in1k'}}
-    assert 'hf_hub_id' in cards.check_cards(mislabelled, tmp_path)[0]
+    assert 'hf_hub_id' in check_cards(mislabelled, tmp_path)[0]
     (folder / 'README.md').write_text((folder / 'README.md').read_text().replace('91.37', '93.0'))
-    assert 'not the render' in cards.check_cards(cfgs, tmp_path)[0]
+    assert 'not the render' in check_cards(cfgs, tmp_path)[0]
 
 
 def test_registered_tags_have_cards():
-    cfgs = cards.registered_cfgs()
+    cfgs = registered_cfgs()
     assert 'saeresnet50t.untrained' in cfgs  # timm has no weights of its plain or SE twin
-    assert cards.check_cards(cfgs, HUB_CARDS) == []
+    assert check_cards(cfgs, HUB_CARDS) == []
 
 
 def test_committed_cards_are_fresh_renders():
@@ -328,7 +369,7 @@ def test_committed_cards_are_fresh_renders():
 def test_cli_card(tmp_path, capsys):
     folder = _card_folder(tmp_path, _sample_results())
     assert main(['card', str(folder)]) == 0
-    assert (folder / 'README.md').read_text() == cards.render_card(_sample_results())
+    assert (folder / 'README.md').read_text() == cards.render_card(cards.check_results(_sample_results()))
     assert main(['card', str(tmp_path / 'missing')]) == 1
     assert 'cannot read' in capsys.readouterr().err
 
@@ -351,3 +392,13 @@ def test_export_writes_the_results_card(tmp_path):
     with pytest.raises(cards.CardError, match='give the results file of these weights'):
         hub.export_checkpoint(checkpoint, tmp_path / 'out2', model_name='saeresnet18', results=folder / 'results.json')
     assert not (tmp_path / 'out2').exists()
+
+
+def test_results_match_the_exported_model_args():
+    """A results file's model_args (JSON: lists) agree with the export's (tuples), and a difference is named."""
+    results = cards.check_results(_sample_results(model_args={'sae_stages': [3, 4], 'sae_cardinality': 4}))
+    cards.check_results_match(results, 'saeresnet18', results.params, dict(sae_stages=(3, 4), sae_cardinality=4))
+    with pytest.raises(cards.CardError, match=r"the results have model_args \{'sae_stages': \[3, 4\]\}"):
+        cards.check_results_match(results, 'saeresnet18', results.params, dict(sae_stages=(1, 2, 3, 4)))
+    with pytest.raises(cards.CardError, match='give the results file of these weights'):
+        cards.check_results_match(results, 'saeresnet34', results.params)

@@ -11,19 +11,23 @@ import httpx2
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401
+from hub_helpers import layout_hub_cache, offline_hub_cache
 from timm_sae import hub
 from timm_sae.cli import main
-from timm_sae.demo import run_demo
+from timm_sae.convert import SAE_PAPER_ID, Twins, twins
+from timm_sae.family import family_table
 
 SMALL = (2, 3, 32, 32)
-# (architecture, non-default SaE arguments): a ResNet and a ResNeXt
+# (architecture, non-default SaE arguments): a ResNet and a ResNeXt (slow; tests/test_transformers.py exports one too)
 TWINS = [
-    ('saeresnet18', dict(sae_cardinality=2, sae_rd_ratio=1. / 16, sae_residual=False)),
-    ('saeresnext26t_32x4d', dict(sae_cardinality=8, sae_residual=False)),
+    pytest.param('saeresnet18', dict(sae_cardinality=2, sae_rd_ratio=1. / 16, sae_residual=False), id='saeresnet18'),
+    pytest.param('saeresnext26t_32x4d', dict(sae_cardinality=8, sae_residual=False), id='saeresnext26t_32x4d',
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -58,7 +62,7 @@ def exported(weights, tmp_path_factory):
     return hub.export_checkpoint(weights[1], tmp_path_factory.mktemp('export') / 'org.name', model_name='saeresnet18')
 
 
-@pytest.mark.parametrize('name,sae_args', TWINS, ids=[t[0] for t in TWINS])
+@pytest.mark.parametrize('name,sae_args', TWINS)
 def test_round_trip_through_hub_cache(name, sae_args, tmp_path):
     model = _model(name, num_classes=5, **sae_args)
     checkpoint = tmp_path / 'weights.safetensors'
@@ -68,14 +72,17 @@ def test_round_trip_through_hub_cache(name, sae_args, tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == name and config['num_classes'] == 5
     # only what rebuilding needs: transformers' timm wrapper passes num_classes itself
-    assert config['model_args'] == dict(hub.sae_model_args(sae_args), in_chans=3)
+    assert config['model_args'] == json.loads(json.dumps(dict(hub.sae_model_args(sae_args), in_chans=3)))
     cfg = config['pretrained_cfg']
-    assert {'input_size', 'crop_pct', 'interpolation', 'mean', 'std'} <= cfg.keys() and 'tag' not in cfg
+    assert {'input_size', 'crop_pct', 'interpolation', 'mean', 'std'} <= cfg.keys()
+    # the registry tag's description is not these weights': the SaE paper and the default license instead
+    assert not {'tag', 'description', 'origin_url'} & cfg.keys()
+    assert cfg['paper_ids'] == SAE_PAPER_ID and cfg['license'] == 'apache-2.0'
 
-    snapshot = hub.layout_hub_cache(folder, tmp_path / 'hub', 'org/name')
+    snapshot = layout_hub_cache(folder, tmp_path / 'hub', 'org/name')
     ref = (tmp_path / 'hub' / 'models--org--name' / 'refs' / 'main').read_text()
     assert len(ref) == 40 and snapshot.name == ref and (snapshot / 'model.safetensors').is_file()
-    with hub.offline_hub_cache(tmp_path / 'hub'):
+    with offline_hub_cache(tmp_path / 'hub'):
         from_repo = timm.create_model('hf-hub:org/name', pretrained=True).eval()
         from_tag = timm.create_model(
             name, pretrained=True, num_classes=5, **sae_args,
@@ -316,9 +323,46 @@ def test_push_refuses_other_folders_and_bad_ids(exported, tmp_path):
         hub.push_folder(exported, 'name', token='hf_x', api=FakeHfApi())
 
 
-def test_demo_reduced():
-    lines = []
-    result = run_demo('saeresnet18', img_size=32, batch_size=2, rounds=1, table=False, out=lines.append)
-    assert result['identical'] and result['stats']['seresnet18']['params_m'] > 0
-    assert any('bit-identical' in line for line in lines)
-    assert any(line.startswith('| seresnet18 |') for line in lines)
+def test_save_export_of_a_registry_model_replaces_the_tag_description(tmp_path):
+    """A model built from a registry tag: config.json does not carry that tag's description, license and papers."""
+    model = _model(num_classes=3)
+    assert model.pretrained_cfg['description'] and model.pretrained_cfg['tag']
+    folder = hub.save_export(model, tmp_path / 'out', license='mit')
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['license'] == 'mit' and cfg['paper_ids'] == SAE_PAPER_ID
+    assert cfg['tag'] is None and cfg['description'] is None  # null: not the registry tag's
+    meta = ModelCard.load(folder / 'README.md').data
+    assert meta.license == 'mit' and meta.base_model is None
+
+
+def test_twins_name_the_family_once():
+    assert twins('seresnet50.a1_in1k') == twins('resnet50') == twins('saeresnet50') == Twins(
+        'resnet50', 'seresnet50', 'saeresnet50')
+    assert twins('saeresnet26') == Twins('resnet26', None, 'saeresnet26')  # timm has no seresnet26
+    assert twins('seresnext26d_32x4d') == Twins(None, 'seresnext26d_32x4d', 'saeresnext26d_32x4d')
+    assert twins('resnet10t') == twins('seresnet26') == twins('selecsls42') == Twins(None, None, None)
+
+
+def test_family_table_shows_true_twins_and_counts_tags_by_weights(monkeypatch):
+    monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: [
+        'saeresnet26', 'saeresnet50t', 'saeresnext26d_32x4d'])
+    header, _, *lines = family_table(img_size=32)
+    rows = {line.split(' | ')[0][2:]: line.split(' | ')[1:] for line in lines}
+    assert header.endswith('| SE twin | SE twin params (M) | default tag | license | weight tags: plain + SE + SaE | '
+                           'untrained tags |')
+    assert rows['saeresnet26'][2:4] == ['none', '-']
+    assert rows['saeresnet26'][-2:] == ['1 + 0 + 0', '0 |']
+    assert rows['saeresnet50t'][2] == 'seresnet50t' and rows['saeresnet50t'][-4:] == [
+        'untrained', 'apache-2.0', '0 + 0 + 0', '1 |']
+    assert rows['saeresnext26d_32x4d'][2] == 'seresnext26d_32x4d' and rows['saeresnext26d_32x4d'][-2:] == [
+        '0 + 1 + 0', '0 |']
+
+
+@pytest.mark.slow  # CI runs the full `timm-sae demo` as a step of its own
+def test_demo_command(monkeypatch, capsys):
+    """``timm-sae demo`` on a small model: exact Hub round trip and warm start, timed against the SE twin."""
+    monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: ['saeresnet18'])  # a one-row family table
+    assert main(['demo', '--model', 'saeresnet18', '--img-size', '32', '--batch-size', '2', '--rounds', '1']) == 0
+    out = capsys.readouterr().out
+    assert "timm.create_model('hf-hub:" in out and 'bit-identical' in out and 'relative logit difference' in out
+    assert '\n| saeresnet18 | ' in out and '\n| seresnet18 | ' in out

@@ -15,6 +15,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 import timm_sae  # noqa: F401
 from conftest import randomise_batchnorm
 from timm_sae.blocks import SaEBottleneck
+from timm_sae.cli import main
 from timm_sae.convert import ConversionError, convert_state_dict
 from timm_sae.hub import export_checkpoint
 
@@ -115,3 +116,14 @@ def test_features_only_and_torch_export():
     exported = torch.export.export(classifier, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), classifier(x))
+
+
+def test_convert_command_takes_a_placement_and_refuses_a_bad_one(tmp_path, resnet18, capsys):
+    torch.save(resnet18.state_dict(), tmp_path / 'resnet18.pth')
+    convert = ['convert', str(tmp_path / 'resnet18.pth'), '--model', 'resnet18', '--model-kwargs']
+    assert main([*convert[:2], str(tmp_path / 'bad'), *convert[2:], 'sae_stages=()']) == 1
+    assert 'sae_stages is empty' in capsys.readouterr().err and not (tmp_path / 'bad').exists()
+    assert main([*convert[:2], str(tmp_path / 'out'), *convert[2:], 'sae_stages=(3,4)']) == 0
+    converted = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    assert _stages_with_sae(converted) == (3, 4)
+    assert _relative_error(converted, resnet18) <= EXACT_RTOL

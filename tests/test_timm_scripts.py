@@ -25,7 +25,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401  registers the family in this process too
-from timm_sae.hub import layout_hub_cache, offline_hub_cache, read_checkpoint
+from hub_helpers import layout_hub_cache, offline_hub_cache
+from timm_sae.hub import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,9 @@ ENABLE = (
     f'version (git clone -b v{timm.__version__} https://github.com/huggingface/pytorch-image-models)')
 
 ARCH = 'saeresnet18'
-SAE_KWARGS = ['sae_cardinality=2', 'sae_stages=(2,3,4)']  # not the defaults: checks that the entrypoint arguments travel
+# not the defaults: checks that the entrypoint arguments travel (train.py's --model-kwargs parses K=V as literals)
+SAE_ARGS = dict(sae_cardinality=2, sae_stages=(2, 3, 4))
+SAE_KWARGS = [f'{k}={v!r}'.replace(' ', '') for k, v in SAE_ARGS.items()]
 IMG_SIZE = 32
 # explicit eval preprocessing (not the architecture's defaults): checks that it travels through the export
 EVAL_ARGS = ['--crop-pct', '0.9', '--interpolation', 'bilinear']
@@ -160,7 +163,7 @@ def _assert_close_weights(trained: Mapping[str, torch.Tensor], start: Mapping[st
 
 @pytest.fixture(scope='module')
 def trained(scripts, data3, env, work) -> Path:
-    """train.py --device-modules timm_sae --model saeresnet18 --model-kwargs sae_cardinality=2, 3 classes."""
+    """train.py --device-modules timm_sae --model saeresnet18 --model-kwargs SAE_KWARGS, 3 classes."""
     return _train(scripts, data3, 'base', [
         '--model', ARCH, '--model-kwargs', *SAE_KWARGS, '--num-classes', 3], env, work)
 
@@ -190,9 +193,9 @@ def _checkpoint_model_args(trained: Path) -> List[str]:
 
 def test_train_py_builds_the_requested_sae_model(trained):
     ckpt = read_checkpoint(trained / 'last.pth.tar')
-    assert ckpt.arch == ARCH and ckpt.args['model_kwargs'] == {'sae_cardinality': 2}
+    assert ckpt.arch == ARCH and ckpt.args['model_kwargs'] == SAE_ARGS
     shapes = {k: tuple(v.shape) for k, v in ckpt.state_dict.items()}
-    requested = timm.create_model(ARCH, num_classes=3, sae_cardinality=2, device='meta').state_dict()
+    requested = timm.create_model(ARCH, num_classes=3, **SAE_ARGS, device='meta').state_dict()
     default = timm.create_model(ARCH, num_classes=3, device='meta').state_dict()
     assert shapes == {k: tuple(v.shape) for k, v in requested.items()}
     assert shapes != {k: tuple(v.shape) for k, v in default.items()}  # the kwargs made a difference
@@ -201,7 +204,7 @@ def test_train_py_builds_the_requested_sae_model(trained):
 def test_export_config_carries_arguments_and_preprocessing(exported):
     config = json.loads((exported / 'config.json').read_text())
     assert config['architecture'] == ARCH and config['num_classes'] == 3
-    assert config['model_args']['sae_cardinality'] == 2
+    assert config['model_args']['sae_cardinality'] == 2 and config['model_args']['sae_stages'] == [2, 3, 4]
     assert config['label_names'] == ['class0', 'class1', 'class2']
     cfg = config['pretrained_cfg']
     assert cfg['input_size'] == [3, IMG_SIZE, IMG_SIZE]
@@ -243,7 +246,7 @@ def test_train_py_fine_tunes_from_hub_with_another_class_count(scripts, data2, h
     weights = _weights(out / 'last.pth.tar')
     assert weights['fc.weight'].shape == (2, 512) and weights['fc.bias'].shape == (2,)
     hub_weights = _weights(exported / 'model.safetensors')
-    # the config's model_args (sae_cardinality=2) built the model: every non-classifier shape fits the Hub weights
+    # the config's model_args (SAE_ARGS) built the model: every non-classifier shape fits the Hub weights
     assert {k: v.shape for k, v in weights.items() if not k.startswith('fc.')} == {
         k: v.shape for k, v in hub_weights.items() if not k.startswith('fc.')}
     _assert_close_weights(weights, hub_weights, HUB_REPO)
@@ -285,7 +288,7 @@ def test_benchmark_py_runs_the_hub_model(scripts, hub_model, env, work):
         '--model', hub_model, '--device', 'cpu', '-b', 2, '--bench', 'inference', '--num-warm-iter', 1,
         '--num-bench-iter', 5, '--results-file', path, '--results-format', 'json'], env, work)
     result = json.loads(path.read_text())
-    model = timm.create_model(ARCH, num_classes=3, sae_cardinality=2, device='meta')
+    model = timm.create_model(ARCH, num_classes=3, **SAE_ARGS, device='meta')
     params = sum(p.numel() for p in model.parameters())
     assert (result['model'], result['infer_img_size']) == (hub_model, IMG_SIZE)
     assert result['param_count'] == round(params / 1e6, 2) and result['infer_samples_per_sec'] > 0

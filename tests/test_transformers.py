@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401  (registers the SaE family, which transformers' wrapper builds through timm)
+from hub_helpers import layout_hub_cache, offline_hub_cache
 from timm_sae import hub
 
 transformers = pytest.importorskip('transformers', reason='transformers is in the test extra: pip install -e .[test]')
@@ -80,8 +81,8 @@ def test_pipeline_equals_timm_transforms(export):
 
 def test_timm_hub_loading_takes_overrides(export, tmp_path):
     model, folder, _, in_chans = export
-    hub.layout_hub_cache(folder, tmp_path / 'hub', 'org/sae')
-    with hub.offline_hub_cache(tmp_path / 'hub'):
+    layout_hub_cache(folder, tmp_path / 'hub', 'org/sae')
+    with offline_hub_cache(tmp_path / 'hub'):
         same = timm.create_model('hf-hub:org/sae', pretrained=True).eval()
         other_classes = timm.create_model('hf-hub:org/sae', pretrained=True, num_classes=7)
         other_chans = timm.create_model('hf-hub:org/sae', pretrained=True, in_chans=2)

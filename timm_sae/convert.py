@@ -24,7 +24,7 @@ gate a model is built with: the plain one where ``pretrained=True`` loads SE wei
 """
 import dataclasses
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = [
-    'SAE_PAPER_ID', 'ConversionError', 'source_kind', 'plain_twin', 'se_source', 'sae_twin', 'convert_state_dict',
+    'SAE_PAPER_ID', 'ConversionError', 'source_kind', 'Twins', 'twins', 'convert_state_dict',
     'pretrained_filter', 'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs', 'conversion_tag',
     'no_weights_error', 'weights_location', 'loads_se_weights', 'is_non_commercial', 'pretrained_gate',
     'train_args_gate',
@@ -64,22 +64,25 @@ def source_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
     return 'plain'
 
 
-def plain_twin(sae_arch: str) -> Optional[str]:
-    """timm's plain ResNet of the SaE architecture (``saeresnet50`` -> ``resnet50``), if timm has it."""
-    name = sae_arch.replace('sae', '', 1)
-    return name if timm.is_model(name) else None
+class Twins(NamedTuple):
+    """One architecture of the family under its three names; ``None`` where that model does not exist."""
+    plain: Optional[str]  # timm's plain ResNet, e.g. resnet50
+    se: Optional[str]  # timm's SE ResNet, e.g. seresnet50 (saeresnet26 has none)
+    sae: Optional[str]  # timm-sae's SaE ResNet, e.g. saeresnet50
 
 
-def se_source(sae_arch: str) -> Optional[str]:
-    """timm's SE ResNet of the SaE architecture (``saeresnet50`` -> ``seresnet50``), if timm has it."""
-    name = 'se' + sae_arch[3:]
-    return name if sae_arch.startswith('sae') and timm.is_model(name) else None
-
-
-def sae_twin(source_arch: str) -> Optional[str]:
-    """The SaE architecture a timm plain or SE ResNet converts into (``resnet50``, ``seresnet50`` -> ``saeresnet50``)."""
-    name = 'sae' + (source_arch[2:] if source_arch.startswith('se') else source_arch)
-    return name if name in timm.list_models(module='sae_resnet') else None
+def twins(name: str) -> Twins:
+    """The family's names of an architecture given by any of them (a tag is dropped): ``twins('seresnet50')`` is
+    ``Twins('resnet50', 'seresnet50', 'saeresnet50')``. A timm name without an SaE twin gives all ``None``; an SaE
+    name is taken as given (``default_cfgs`` are made before the entrypoints are registered)."""
+    arch = split_model_name_tag(name)[0]
+    bases = [arch[3:]] if arch.startswith('sae') else [
+        arch[len(p):] for p in ('se', '') if arch.startswith(p) and timm.is_model(f'sae{arch[len(p):]}')]
+    for base in bases:
+        names = Twins(*(n if timm.is_model(n) else None for n in (base, f'se{base}')), f'sae{base}')
+        if arch in names:
+            return names
+    return Twins(None, None, None)
 
 
 def _sae_blocks(model: nn.Module) -> List[Tuple[str, str, SqueezeAggregatedExcitation]]:
@@ -94,7 +97,7 @@ def _sae_blocks(model: nn.Module) -> List[Tuple[str, str, SqueezeAggregatedExcit
 def _fits(model: nn.Module) -> str:
     """What converts into ``model``, for error messages."""
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-    plain, se = plain_twin(arch), se_source(arch)
+    plain, se, _ = twins(arch)
     options = [f'timm\'s {plain} (plain, either gate)'] if plain else []
     if se:
         options.append(f'timm\'s {se} (SE, with sae_residual=False)')
@@ -234,7 +237,7 @@ def _hub_weights(cfg: Mapping[str, Any]) -> Optional[str]:
 
 def loads_se_weights(sae_arch: str, cfg: Mapping[str, Any]) -> bool:
     """Whether timm loads the cfg's weights from a repository of the SE twin's weights (``timm/seresnet50.a1_in1k``)."""
-    hub, se = _hub_weights(cfg), se_source(sae_arch)
+    hub, se = _hub_weights(cfg), twins(sae_arch).se
     return bool(hub and se) and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
 
 
@@ -361,7 +364,7 @@ def conversion_cfgs(sae_arch: str, source_arch: str) -> Dict[str, Dict[str, Any]
 def twin_conversion_cfgs(sae_arch: str) -> Dict[str, Dict[str, Any]]:
     """``conversion_cfgs`` of timm's plain twin, then of its SE twin: a plain source's default tag stays the default,
     and an SE source's default tag is the default where timm has no plain weights."""
-    return {k: v for source in (plain_twin(sae_arch), se_source(sae_arch)) if source
+    return {k: v for source in twins(sae_arch)[:2] if source
             for k, v in conversion_cfgs(sae_arch, source).items()}
 
 

@@ -1,35 +1,54 @@
 """``timm-sae demo``: the family, one model through the Hub format and back, and a warm start, offline.
 
 Prints the family table, builds a seeded SaE model, saves its weights as a checkpoint, exports it
-to a Hub folder (``timm_sae.hub.export_checkpoint``), lays that out as a Hugging Face Hub cache,
-loads it back with ``timm.create_model('hf-hub:...', pretrained=True)`` with the Hub offline and
-checks the outputs are bit-identical. Then the warm start: seeded stand-in weights for timm's plain
+(``timm_sae.hub.export_checkpoint``) as a repository's snapshot in a Hugging Face Hub cache, loads
+it back with ``timm.create_model('hf-hub:...', pretrained=True)`` with the Hub offline and checks
+the outputs are bit-identical. Then the warm start: seeded stand-in weights for timm's plain
 twin (nothing is downloaded) laid out in the Hub cache as timm's own repository of the default tag,
 and ``timm.create_model(model, pretrained=True)`` converts them exactly while loading (the logits
-equal the source's). Last, a quick look at speed: the model against its timm SE twin (eval, small
-batch, interleaved rounds), printed as the median throughput ratio (> 1: faster) with the quartiles
+equal the source's). Last, a quick look at speed: the model against its timm SE twin, else its plain
+one (eval, small batch, interleaved rounds), printed as the median throughput ratio (> 1: faster) with the quartiles
 of the per-round ratios. That is a glimpse on whatever else the machine is running, not a
 measurement: ``benchmarks/speed.py`` measures speed (``docs/speed.md`` in the source repository).
 """
+import hashlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
+import huggingface_hub
 import timm
 import torch
 from safetensors.torch import save_file
 
-from .convert import plain_twin
+from .convert import twins
 from .family import family_table
-from .hub import WEIGHTS_NAME, export_checkpoint, layout_hub_cache, offline_hub_cache
-from .measure import describe, median_ratio, se_twin, time_interleaved
+from .hub import WEIGHTS_NAME, export_checkpoint
+from .measure import describe, median_ratio, time_interleaved
 from .sae_resnet import HUB_ORG
 
 __all__ = ['run_demo', 'warm_start', 'EXACT_RTOL']
 
 EXACT_RTOL = 1e-5  # an exact conversion in fp32: max |logit difference| / max |logit| at most this
+
+
+def _hub_snapshot(cache: Path, repo_id: str) -> Path:
+    """The folder to put ``repo_id``'s files in, in a Hub cache laid out as huggingface_hub reads it: its
+    ``refs/main`` names a commit (any 40 hex digits) whose snapshot folder this is."""
+    repo = cache / f'models--{repo_id.replace("/", "--")}'
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    return repo / 'snapshots' / commit
+
+
+def _offline(cache: Path) -> Any:
+    """Within the block, huggingface_hub is offline and reads ``cache`` as its Hub cache (its constants are read at
+    call time; the HF_HUB_OFFLINE / HF_HUB_CACHE environment variables only at import)."""
+    return mock.patch.multiple(huggingface_hub.constants, HF_HUB_OFFLINE=True, HF_HUB_CACHE=str(cache))
 
 
 def run_demo(
@@ -57,11 +76,10 @@ def run_demo(
         tmp = Path(tmp)
         checkpoint = tmp / f'{model_name}.pth'
         torch.save(model.state_dict(), checkpoint)
-        folder = export_checkpoint(checkpoint, tmp / 'export' / f'{model_name}.demo', model_name=model_name)
-        out(f'Exported {checkpoint.name} -> {", ".join(sorted(p.name for p in folder.iterdir()))}')
-        snapshot = layout_hub_cache(folder, tmp / 'hub', repo_id)
+        snapshot = export_checkpoint(checkpoint, _hub_snapshot(tmp / 'hub', repo_id), model_name=model_name)
+        out(f'Exported {checkpoint.name} -> {", ".join(sorted(p.name for p in snapshot.iterdir()))}')
         out(f'Hub cache: {snapshot.relative_to(tmp)}')
-        with offline_hub_cache(tmp / 'hub'):
+        with _offline(tmp / 'hub'):
             loaded = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
     with torch.inference_mode():
         identical = torch.equal(model(x), loaded(x))
@@ -70,7 +88,8 @@ def run_demo(
 
     warm_start_error = warm_start(model_name, x, seed, out)
 
-    twin_name = se_twin(model_name)
+    names = twins(model_name)
+    twin_name = names.se or names.plain
     input_size = (3, img_size, img_size)
     stats = {name: describe(name, input_size) for name in (model_name, twin_name)}
     torch.manual_seed(seed)
@@ -109,7 +128,7 @@ def _quartiles(values: List[float]) -> Tuple[float, float]:
 
 def warm_start(model_name: str, x: torch.Tensor, seed: int, out: Callable[[str], None]) -> Optional[float]:
     """``create_model(model_name, pretrained=True)`` from stand-in source weights; the relative logit difference."""
-    source_name = plain_twin(model_name)
+    source_name = twins(model_name).plain
     cfg = timm.models.get_pretrained_cfg(model_name)
     if source_name is None or not cfg.hf_hub_id:
         out(f'{model_name} has no plain timm twin with weights: no warm-start tag to show')
@@ -118,10 +137,10 @@ def warm_start(model_name: str, x: torch.Tensor, seed: int, out: Callable[[str],
     source = timm.create_model(source_name, zero_init_last=False).eval()  # stand-in for {cfg.hf_hub_id}
     with tempfile.TemporaryDirectory(prefix='timm-sae-demo-') as tmp:
         tmp = Path(tmp)
-        (tmp / 'source').mkdir()
-        save_file(source.state_dict(), tmp / 'source' / WEIGHTS_NAME)
-        layout_hub_cache(tmp / 'source', tmp / 'hub', cfg.hf_hub_id)
-        with offline_hub_cache(tmp / 'hub'):
+        snapshot = _hub_snapshot(tmp, cfg.hf_hub_id)
+        snapshot.mkdir(parents=True)
+        save_file(source.state_dict(), snapshot / WEIGHTS_NAME)
+        with _offline(tmp):
             converted = timm.create_model(model_name, pretrained=True).eval()
     with torch.inference_mode():
         expected, logits = source(x), converted(x)

@@ -1,37 +1,21 @@
-"""SaE weights on the Hugging Face Hub: export a checkpoint, push it, lay out an offline Hub cache.
+"""SaE weights on the Hugging Face Hub: export a checkpoint or an exact conversion as a Hub folder, push it.
 
-Built on timm's own hub helpers. ``export_checkpoint`` writes what ``timm.models.save_for_hf``
-writes (``model.safetensors`` and ``config.json``: architecture, num_classes, num_features,
-global_pool, ``model_args`` and ``pretrained_cfg``) plus a model card (``README.md``, see
-``timm_sae.cards``), so after ``import timm_sae``::
-
-    timm.create_model('hf-hub:ORG/NAME', pretrained=True)
-
-rebuilds the architecture with its ``model_args`` (``sae_cardinality``, ``sae_rd_ratio``,
-``sae_residual``, ``num_classes``, ``in_chans``) and loads the weights. ``push_folder`` uploads
-such a folder the way ``timm.models.push_to_hf_hub`` does (a README already on the Hub is kept).
-
-Registering a tag once its weights are on the Hub: add to ``default_cfgs`` in ``sae_resnet.py``::
-
-    'saeresnet18.fmnist': _cfg(hf_hub_id=f'{HUB_ORG}/saeresnet18.fmnist', num_classes=10, ...),
-
-(full ids: timm completes only ``'timm/'`` itself) and commit ``hub_cards/saeresnet18.fmnist/``
-beside it; ``timm_sae.cards.check_cards`` (run by the tests) holds both to that.
-
-Checkpoint files are read by ``timm_sae.weights_file``, which tells a file's kind by its bytes and never
-unpickles freely.
+A Hub folder is what ``timm.models.save_for_hf`` writes (``model.safetensors``, ``config.json`` with
+``model_args`` and ``pretrained_cfg``) plus a model card (``README.md``, ``timm_sae.cards``): after ``import
+timm_sae``, ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` rebuilds the model and loads the weights.
+``push_folder`` uploads it the way ``timm.models.push_to_hf_hub`` does (a README already on the Hub is kept).
+Once a tag's weights are on the Hub, register it in ``default_cfgs`` of ``sae_resnet.py`` with its full
+``hf_hub_id`` (timm completes only ``'timm/'``) and commit ``hub_cards/<arch>.<tag>/`` beside it.
+Checkpoints are read by ``timm_sae.weights_file``, which tells a file's kind by its bytes and never unpickles freely.
 """
-import hashlib
 import inspect
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import huggingface_hub
 import timm
 import torch
 from huggingface_hub import HfApi, get_token
@@ -43,19 +27,17 @@ from timm.models.resnet import ResNet
 
 from . import cards
 from .cards import CARD_NAME
-from .measure import describe, param_count
 from .convert import (
-    SAE_PAPER_ID, ConversionError, converted_cfg, sae_twin, some_names, source_kind, state_dict_mismatch,
-    train_args_gate)
+    SAE_PAPER_ID, converted_cfg, some_names, source_kind, state_dict_mismatch, train_args_gate, twins)
 from .errors import CheckpointError, HubError, PushError, first_line
+from .measure import describe, param_count
 from .sae_resnet import _create_saeresnet
 from .weights_file import Checkpoint, check_finite, read_checkpoint
 
 __all__ = [
     'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'HubError', 'CheckpointError', 'PushError', 'Checkpoint',
-    'read_checkpoint', 'model_from_checkpoint', 'check_state_dict', 'sae_model_args', 'save_export',
-    'portable_model_args',
-    'export_checkpoint', 'export_conversion', 'read_label_names', 'push_folder', 'layout_hub_cache', 'offline_hub_cache',
+    'read_checkpoint', 'implied_model', 'model_from_checkpoint', 'sae_model_args', 'save_export', 'export_checkpoint',
+    'export_conversion', 'push_folder',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -78,79 +60,83 @@ def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str
     return {**args, 'sae_residual': args['sae_residual'] is not False}
 
 
-def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise ``CheckpointError`` naming missing, unexpected and mis-shaped keys unless ``state_dict`` fits ``model``."""
-    problems = state_dict_mismatch(model.state_dict(), state_dict)
+def implied_model(checkpoint: Checkpoint, model_name: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """The architecture (a timm model, tag dropped) and ``create_model`` arguments a checkpoint's weights imply.
+
+    The architecture is ``model_name``, else train.py's ``--model``, else the checkpoint's ``arch``. train.py's
+    ``--model-kwargs`` and ``--gp`` come along; ``num_classes`` and ``in_chans`` are train.py's, else what the
+    shapes of the classifier and first conv weights give (0 classes without a classifier).
+    """
+    args = checkpoint.args
+    name = model_name or args.get('model') or checkpoint.arch
+    if not name:
+        raise CheckpointError('the checkpoint does not name its architecture; give it with --model (timm-sae list)')
+    arch = _timm_arch(name)
+    cfg, weights = get_pretrained_cfg(arch), checkpoint.state_dict
+    head, stem = weights.get(f'{cfg.classifier}.weight'), weights.get(f'{cfg.first_conv}.weight')
+    kwargs = {**(args.get('model_kwargs') or {}), **({'global_pool': args['gp']} if args.get('gp') else {})}
+    kwargs['num_classes'] = next(n for n in (
+        args.get('num_classes'), head.shape[0] if head is not None and head.dim() == 2 else 0) if n is not None)
+    kwargs['in_chans'] = next(n for n in (
+        args.get('in_chans'), stem.shape[1] if stem is not None and stem.dim() == 4 else cfg.input_size[0])
+        if n is not None)
+    return arch, kwargs
+
+
+def _timm_arch(name: str) -> str:
+    """The architecture of a timm model name (tag dropped); ``CheckpointError`` unless timm has it."""
+    arch = split_model_name_tag(name)[0]
+    if not timm.is_model(arch):
+        raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
+    return arch
+
+
+def _check_fit(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """``CheckpointError`` naming missing, unexpected and mis-shaped keys unless ``weights`` fit ``model``."""
+    problems = state_dict_mismatch(model.state_dict(), weights)
     if problems:
-        raise CheckpointError(
-            f'the weights do not fit {what}: {problems}; name the architecture with --model and its '
-            f'arguments with --num-classes / --in-chans / --model-kwargs')
+        raise CheckpointError(f'the weights do not fit {what}: {problems}; {fix}')
 
 
 def model_from_checkpoint(
-        checkpoint: Checkpoint,
-        model_name: Optional[str] = None,
-        num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-) -> torch.nn.Module:
+        checkpoint: Checkpoint, model_name: Optional[str] = None, num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
     """The SaE model the checkpoint's weights belong to, with those weights.
 
-    Each setting comes from the arguments, else from the checkpoint's train.py ``args``, else (class
-    and input channels) from the shapes of the classifier and first conv weights. The model is
-    built on the meta device and takes the checkpoint's tensors as they are (dtype included).
+    Each setting comes from the arguments, else from what the checkpoint implies (``implied_model``). The model
+    is built on the meta device and takes the checkpoint's tensors as they are (dtype included).
     """
-    args = checkpoint.args
-    model_name = model_name or args.get('model') or checkpoint.arch
-    if not model_name:
-        raise CheckpointError('the checkpoint does not name its architecture; give it with --model (timm-sae list)')
-    model_name = split_model_name_tag(model_name)[0]
-    if model_name not in timm.list_models(module='sae_resnet'):
-        raise CheckpointError(f'{model_name} is not an SaE model; give the architecture with --model (timm-sae list)')
-    kwargs = {**(args.get('model_kwargs') or {}), **(model_kwargs or {})}
-    if args.get('gp'):
-        kwargs.setdefault('global_pool', args['gp'])
-    cfg = get_pretrained_cfg(model_name)
-    weights = checkpoint.state_dict
-    shape_classes, shape_chans = _classes_and_chans(weights, cfg.classifier, cfg.first_conv, 3)
-    num_classes = next(n for n in (num_classes, args.get('num_classes'), shape_classes) if n is not None)
-    in_chans = next(n for n in (in_chans, args.get('in_chans'), shape_chans) if n is not None)
-    kwargs.update(num_classes=num_classes, in_chans=in_chans)
+    arch, kwargs = implied_model(checkpoint, model_name)
+    if twins(arch).sae != arch:
+        raise CheckpointError(f'{arch} is not an SaE model; give the architecture with --model (timm-sae list)')
+    kwargs.update(model_kwargs or {})
+    kwargs.update({k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None})
     try:
-        model = timm.create_model(model_name, device='meta', **kwargs)
+        # the registry tag's description, license and papers are not these weights'
+        model = timm.create_model(
+            arch, device='meta', pretrained_cfg_overlay=dict.fromkeys(_DESCRIPTIVE_CFG_KEYS), **kwargs)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f'{model_name} cannot be built with {kwargs}: {first_line(e)}') from e
-    what = f'{model_name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
-    check_state_dict(model, weights, what)
+        raise CheckpointError(f'{arch} cannot be built with {kwargs}: {first_line(e)}') from e
+    what = f'{arch}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
+    _check_fit(model, checkpoint.state_dict, what,
+               'name the architecture with --model and its arguments with --num-classes / --in-chans / --model-kwargs')
     try:
-        model.load_state_dict(weights, assign=True)
+        model.load_state_dict(checkpoint.state_dict, assign=True)
     except (RuntimeError, ValueError) as e:  # e.g. integer tensors where the model has parameters
         raise CheckpointError(f'the weights do not load into {what}: {first_line(e)}') from e
     return model.eval()
 
 
-def _classes_and_chans(
-        weights: Mapping[str, torch.Tensor], classifier: str, first_conv: str, default_chans: int) -> Tuple[int, int]:
-    """(classes, input channels) the shapes of the classifier and first conv weights give (0 classes without one)."""
-    head, stem = weights.get(f'{classifier}.weight'), weights.get(f'{first_conv}.weight')
-    return (head.shape[0] if head is not None and head.dim() == 2 else 0,
-            stem.shape[1] if stem is not None and stem.dim() == 4 else default_chans)
-
-
-def read_label_names(path: PathLike, num_classes: int) -> List[str]:
+def _label_names(path: PathLike, num_classes: int) -> List[str]:
     """Class names from a JSON list or a text file with one name a line; one name a class."""
     path = Path(path)
     try:
         text = path.read_text(encoding='utf-8')
+        names = json.loads(text) if path.suffix == '.json' else [n.strip() for n in text.splitlines() if n.strip()]
     except OSError as e:
         raise CheckpointError(f'cannot read label names from {path}: {e.strerror}') from e
-    if path.suffix == '.json':
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f'{path} is not JSON: {e}') from e
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f'{path} is not JSON: {e}') from e
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CheckpointError(f'{path} must hold a JSON list of strings, or one name a line')
     if len(names) != num_classes:
@@ -159,66 +145,53 @@ def read_label_names(path: PathLike, num_classes: int) -> List[str]:
 
 
 def save_export(
-        model: torch.nn.Module,
-        output_dir: PathLike,
-        model_args: Optional[Mapping[str, Any]] = None,
-        data_config: Optional[Mapping[str, Any]] = None,
-        label_names: Optional[Sequence[str]] = None,
-        results: Optional[cards.Results] = None,
-        source: Optional[cards.Source] = None,
-        license: Optional[str] = None,
-        overwrite: bool = False,
-) -> Path:
+        model: torch.nn.Module, output_dir: PathLike, model_args: Optional[Mapping[str, Any]] = None,
+        data_config: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None,
+        results: Optional[cards.Results] = None, source: Optional[cards.Source] = None, license: Optional[str] = None,
+        overwrite: bool = False) -> Path:
     """Write ``model`` as a Hub folder: ``model.safetensors``, ``config.json`` (``save_for_hf``), ``README.md``.
 
-    The folder is written next to ``output_dir`` under a temporary name and renamed into place, so
-    a failure leaves nothing behind. An existing ``output_dir`` is replaced only with ``overwrite``.
-    ``results`` (a results file, see ``timm_sae.cards``) go into the card and must describe ``model``.
-    ``source`` marks an exact conversion (``export_conversion``): its provenance goes into the card, and the
-    model's pretrained cfg (``timm_sae.convert.converted_cfg``) describes the weights. Otherwise the
-    description, license and papers of the registry tag the model was built with are not these weights' and
-    are replaced: the SaE paper, and ``license`` (default: the results', else apache-2.0).
-    ``config.json``'s ``model_args`` keep only what rebuilding needs (``portable_model_args``).
+    The folder is written under a temporary name beside ``output_dir`` and renamed into place, so a failure leaves
+    nothing behind; an existing ``output_dir`` is replaced only with ``overwrite``. ``results`` (a results file,
+    ``timm_sae.cards``) go into the card and must describe ``model``. ``source`` marks an exact conversion
+    (``export_conversion``), whose pretrained cfg (``timm_sae.convert.converted_cfg``) describes the weights;
+    otherwise a registry tag's description, license and papers are replaced by the SaE paper and ``license``
+    (default: the results', else apache-2.0).
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
-    arch = model.pretrained_cfg['architecture']
-    params, input_size = param_count(model), _input_size(model, data_config)
+    arch, sae_args = model.pretrained_cfg['architecture'], sae_model_args(model_args)
+    params = param_count(model)
+    input_size = tuple(resolve_input_data_config(model, args=dict(data_config or {}))['input_size'])
+    cfg: Dict[str, Any] = {}  # what config.json's pretrained_cfg says of these weights instead of the model's cfg
+    if source is None:
+        cfg = {k: None for k in _DESCRIPTIVE_CFG_KEYS if model.pretrained_cfg.get(k) is not None}
+        cfg.update(paper_ids=SAE_PAPER_ID, license=(results and results.license) or license or 'apache-2.0')
     if results is not None:
-        cards.check_results_match(results, arch, params, sae_model_args(model_args))
+        cards.check_results_match(results, arch, params, sae_args)
+        cfg['tag'] = results.tag
         card = cards.render_card(results)  # the card hub_cards/<arch>.<tag>/README.md holds
-        license = results.license or license
     else:
+        gmacs = describe(arch, input_size, **{**(model_args or {}), 'num_classes': model.num_classes,
+                                              'in_chans': input_size[0]})['gmacs']  # on the meta device: no compute
         info = cards.ExportInfo(
-            model=arch, params=params, img_size=tuple(input_size[1:]),
-            gmacs=round(describe(  # on the meta device: no compute
-                arch, input_size, **{**(model_args or {}), 'num_classes': model.num_classes,
-                                     'in_chans': input_size[0]})['gmacs'], 3),
-            in_chans=input_size[0], num_classes=model.num_classes, model_args=sae_model_args(model_args),
-            source=source, license=None if source else license)
-        card = cards.render_card(info, name=output_dir.name,
-                                 folder=output_dir.name if output_dir.is_absolute() else str(output_dir))
-
+            model=arch, params=params, img_size=list(input_size[1:]), gmacs=round(gmacs, 3), in_chans=input_size[0],
+            num_classes=model.num_classes, model_args=sae_args, source=source, license=None if source else license)
+        card = cards.render_card(
+            info, name=output_dir.name, folder=output_dir.name if output_dir.is_absolute() else str(output_dir))
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f'.{output_dir.name}.', suffix='.tmp', dir=output_dir.parent))
     except OSError as e:
         raise CheckpointError(f'cannot create {output_dir}: {e.strerror}') from e
-    registry_cfg = model.pretrained_cfg
-    # the registry tag (e.g. 'resnet50_a1_in1k') describes other weights than these
-    if source is not None:
-        model.pretrained_cfg = {k: v for k, v in registry_cfg.items() if k != 'tag'}
-    else:
-        model.pretrained_cfg = {k: v for k, v in registry_cfg.items() if k not in _DESCRIPTIVE_CFG_KEYS}
-        model.pretrained_cfg.update(paper_ids=SAE_PAPER_ID, license=license or 'apache-2.0')
-    if results is not None:
-        model.pretrained_cfg['tag'] = results.tag
     try:
         save_for_hf(
-            model, tmp, model_config=dict(label_names=list(label_names)) if label_names else None,
-            model_args=sae_model_args(model_args), data_config=dict(data_config or {}), safe_serialization=True)
+            model, tmp, model_config=dict(pretrained_cfg=cfg, label_names=list(label_names or [])),
+            model_args=sae_args, data_config=dict(data_config or {}), safe_serialization=True)
+        # timm records num_classes and global_pool in model_args too; transformers' timm wrapper passes
+        # num_classes itself and fails on a second one (see _portable_model_args)
         config = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
-        config['model_args'] = portable_model_args(config.get('model_args', {}))
+        config['model_args'] = _portable_model_args(config.get('model_args', {}))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding='utf-8')
         (tmp / CARD_NAME).write_text(card, encoding='utf-8')
         os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would keep others from reading the export
@@ -228,20 +201,14 @@ def save_export(
         if isinstance(e, (OSError, ValueError)) and not isinstance(e, HubError):
             raise CheckpointError(f'cannot write the export to {output_dir}: {first_line(e)}') from e
         raise
-    finally:
-        model.pretrained_cfg = registry_cfg
     return output_dir
 
 
-def portable_model_args(model_args: Mapping[str, Any]) -> Dict[str, Any]:
-    """The ``model_args`` of an export's config.json that rebuilding the model needs.
-
-    ``num_classes`` goes (config.json has its own, which timm reads; transformers' timm wrapper passes
-    ``num_classes`` itself and fails on a second one), and so does every other argument equal to timm
-    ``ResNet``'s default (``global_pool='avg'``). The ``sae_*`` arguments stay, and ``in_chans`` always does:
-    transformers does not read it from the pretrained cfg, and timm 1.0.31's ``hf-hub:`` loading turns the
-    cfg's JSON lists back into tuples only when ``model_args`` has it (a list ``input_size`` breaks
-    benchmark.py and onnx_export.py).
+def _portable_model_args(model_args: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``model_args`` of config.json that rebuilding the model needs: no ``num_classes`` (config.json has its
+    own) nor arguments equal to timm ``ResNet``'s defaults; the ``sae_*`` ones and always ``in_chans``, which
+    transformers does not read from the pretrained cfg and without which timm 1.0.31's ``hf-hub:`` loading leaves
+    the cfg's JSON lists as lists (a list ``input_size`` breaks benchmark.py and onnx_export.py).
     """
     defaults = {name: p.default for name, p in inspect.signature(ResNet).parameters.items()}
     return {
@@ -279,38 +246,17 @@ def _replace_dir(src: Path, dst: Path, overwrite: bool) -> None:
     shutil.rmtree(old)
 
 
-def _input_size(model: torch.nn.Module, data_config: Optional[Mapping[str, Any]]) -> tuple:
-    """(C, H, W) the export's preprocessing resolves to."""
-    return tuple(resolve_input_data_config(model, args=dict(data_config or {}))['input_size'])
-
-
 def export_checkpoint(
-        checkpoint: PathLike,
-        output_dir: PathLike,
-        model_name: Optional[str] = None,
-        use_ema: bool = False,
-        num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-        label_names: Optional[PathLike] = None,
-        results: Optional[PathLike] = None,
-        overwrite: bool = False,
-        allow_nonfinite: bool = False,
-) -> Path:
-    """Export a checkpoint to a Hub-ready folder (see ``save_export``).
+        checkpoint: PathLike, output_dir: PathLike, model_name: Optional[str] = None, use_ema: bool = False,
+        num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None, label_names: Optional[PathLike] = None,
+        results: Optional[PathLike] = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
+    """Export a timm train.py checkpoint, state dict (``.pth``, ``.bin``) or ``.safetensors`` file as a Hub folder.
 
-    Args:
-        checkpoint: timm train.py checkpoint, state dict (``.pth``, ``.bin``) or ``.safetensors`` file.
-        output_dir: folder to create.
-        model_name: architecture; default: the checkpoint's ``arch`` / ``args.model``.
-        use_ema: export the checkpoint's EMA weights (``state_dict_ema``).
-        num_classes: classifier size; default: train.py ``args``, else the classifier weight's shape.
-        in_chans: input channels; default: train.py ``args``, else the first conv weight's shape.
-        model_kwargs: entrypoint arguments (``sae_*`` ...) over train.py's ``--model-kwargs``.
-        label_names: file of class names (JSON list or one a line) for ``config.json``.
-        results: results file (``hub_cards/<arch>.<tag>/results.json``) for the model card.
-        overwrite: replace an existing ``output_dir``.
-        allow_nonfinite: export weights with NaN or inf (logged) instead of refusing them.
+    The architecture, ``num_classes``, ``in_chans`` and ``model_kwargs`` (``sae_*`` ...) given override what the
+    checkpoint implies (``implied_model``); ``use_ema`` exports its EMA weights. ``label_names`` is a file of class
+    names (a JSON list or one a line), ``results`` a results file (``hub_cards/<arch>.<tag>/results.json``) for
+    the card. Weights with NaN or inf are refused unless ``allow_nonfinite`` (then logged). See ``save_export``.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
@@ -318,9 +264,9 @@ def export_checkpoint(
     check_finite(ckpt.state_dict, str(checkpoint), allow_nonfinite)
     model_kwargs = {**train_args_gate(ckpt.args), **(model_kwargs or {})}  # the gate train.py --pretrained built
     model = model_from_checkpoint(ckpt, model_name, num_classes, in_chans, model_kwargs)
-    names = read_label_names(label_names, model.num_classes) if label_names else None
+    names = _label_names(label_names, model.num_classes) if label_names else None
     results = cards.load_results(results) if results else None
-    model_args = {**(ckpt.args.get('model_kwargs') or {}), **(model_kwargs or {})}
+    model_args = {**(ckpt.args.get('model_kwargs') or {}), **model_kwargs}
     return save_export(
         model, output_dir, model_args, ckpt.data_config, names, results, license=_inherited_license(ckpt),
         overwrite=overwrite)
@@ -336,32 +282,17 @@ def _inherited_license(checkpoint: Checkpoint) -> Optional[str]:
 
 
 def export_conversion(
-        source: str,
-        output_dir: PathLike,
-        source_model: Optional[str] = None,
-        use_ema: bool = False,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-        overwrite: bool = False,
-        allow_nonfinite: bool = False,
-) -> Path:
+        source: str, output_dir: PathLike, source_model: Optional[str] = None, use_ema: bool = False,
+        model_kwargs: Optional[Mapping[str, Any]] = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
     """Export the exact SaE conversion of plain or SE ResNet weights (``timm_sae.convert``) as a Hub folder.
 
-    Args:
-        source: a timm name with tag (``resnet50.a1_in1k``, ``seresnext26d_32x4d.bt_in1k``; loaded with
-            ``timm.create_model(source, pretrained=True)``, so from the Hub or its cache), ``hf-hub:ORG/NAME``, or a
-            checkpoint file (train.py checkpoint, state dict, ``.safetensors``) of a timm plain or SE ResNet.
-        output_dir: folder to create.
-        source_model: architecture of a checkpoint source (default: the checkpoint's ``arch`` / ``args.model``).
-        use_ema: convert a checkpoint's EMA weights.
-        model_kwargs: SaE arguments (``sae_cardinality``, ``sae_rd_ratio``, ``sae_residual``); an SE source
-            defaults to ``sae_residual=False``, the only exact gate for it.
-        overwrite: replace an existing ``output_dir``.
-        allow_nonfinite: convert weights with NaN or inf (logged) instead of refusing them.
-
-    Names are checked before anything is read or downloaded: the source architecture must have an SaE twin,
-    and a timm tag must exist. The SaE model is built through timm's own pretrained loading (the path of the registered conversion tags),
-    with the source's classes, input channels, preprocessing and license, and its SaE branches initialised from
-    seed 0, so that a conversion is reproducible.
+    ``source`` is a timm name with tag (``resnet50.a1_in1k``, loaded with ``timm.create_model(source,
+    pretrained=True)``: from the Hub or its cache), ``hf-hub:ORG/NAME``, or a checkpoint file of a timm plain or SE
+    ResNet (architecture: ``source_model``, else what the checkpoint implies; ``use_ema`` for its EMA weights).
+    ``model_kwargs`` are SaE arguments; an SE source defaults to ``sae_residual=False``, the only exact gate for it.
+    Names are checked before anything is read or downloaded. The SaE model is built through timm's own pretrained
+    loading, with the source's classes, input channels, preprocessing and license, and its SaE branches seeded
+    (0), so that a conversion is reproducible. ``overwrite`` and ``allow_nonfinite`` as for ``export_checkpoint``.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
@@ -378,22 +309,22 @@ def export_conversion(
         model = timm.create_model(
             target, pretrained=True, pretrained_cfg=cfg, pretrained_cfg_overlay=dict(state_dict=state_dict),
             num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
-    except (ConversionError, TypeError) as e:
+    except (TypeError, ValueError) as e:  # ConversionError, and bad SaE arguments
         raise CheckpointError(f'{name} -> {target}: {first_line(e)}') from e
     return save_export(
         model.eval(), output_dir, sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg), overwrite=overwrite)
 
 
 def _sae_target(arch: str) -> str:
-    """The SaE twin a source architecture converts into; ``CheckpointError`` when it has none."""
-    if arch in timm.list_models(module='sae_resnet'):
+    """The SaE twin a source architecture (a timm model) converts into; ``CheckpointError`` when it has none."""
+    plain, se, sae = twins(arch)
+    if arch == sae:
         raise CheckpointError(f'{arch} is an SaE model already; export its weights with timm-sae export')
-    target = sae_twin(arch)
-    if target is None:
+    if sae is None:
         raise CheckpointError(
             f'{arch} has no SaE twin in timm-sae; convert weights of one of timm\'s plain or SE ResNets of the '
             f'family (timm-sae list shows them)')
-    return target
+    return sae
 
 
 def _check_timm_name(source: str) -> None:
@@ -429,26 +360,19 @@ def _conversion_source(
     """(state dict, pretrained cfg, display name) of a conversion source (see ``export_conversion``)."""
     path = Path(source)
     if path.is_file() or path.suffix in ('.pth', '.tar', '.bin', '.safetensors', '.pt'):
-        if source_model:
-            _check_source_arch(source_model)
+        if source_model:  # checked before the file is read
+            _sae_target(_timm_arch(source_model))
         ckpt = read_checkpoint(path, use_ema=use_ema)
-        arch = source_model or ckpt.args.get('model') or ckpt.arch
-        if not arch:
-            raise CheckpointError(f'{path} does not name its architecture; give it with --model (e.g. resnet50)')
-        arch = _check_source_arch(arch)
+        arch, kwargs = implied_model(ckpt, source_model)
+        _sae_target(arch)
         cfg = {k: v for k, v in get_pretrained_cfg(arch).to_dict().items()
                if k not in _DESCRIPTIVE_CFG_KEYS + ('hf_hub_id', 'url')}
         cfg.update(architecture=arch, **ckpt.data_config)
-        weights = ckpt.state_dict
-        cfg['num_classes'], in_chans = _classes_and_chans(weights, cfg['classifier'], cfg['first_conv'], cfg['input_size'][0])
-        cfg['input_size'] = (in_chans, *cfg['input_size'][1:])
-        if source_kind(weights) != 'sae':  # checked on the meta device, before the SaE model is built
-            source = timm.create_model(arch, device='meta', num_classes=cfg['num_classes'], in_chans=in_chans)
-            problems = state_dict_mismatch(source.state_dict(), weights)
-            if problems:
-                raise CheckpointError(f'the weights of {path.name} do not fit {arch}: {problems}; name the '
-                                      f'checkpoint\'s architecture with --model')
-        return weights, cfg, path.name
+        cfg.update(num_classes=kwargs['num_classes'], input_size=(kwargs['in_chans'], *cfg['input_size'][1:]))
+        if source_kind(ckpt.state_dict) != 'sae':  # checked on the meta device, before the SaE model is built
+            _check_fit(timm.create_model(arch, device='meta', **kwargs), ckpt.state_dict, arch,
+                       "name the checkpoint's architecture with --model")
+        return ckpt.state_dict, cfg, path.name
     if source_model:
         raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
     if not source.startswith(('hf-hub:', 'local-dir:')):
@@ -463,32 +387,16 @@ def _conversion_source(
     return model.state_dict(), cfg, f"{cfg['architecture']}.{cfg['tag']}"
 
 
-def _check_source_arch(name: str) -> str:
-    """The architecture a checkpoint source names (tag dropped), refused unless it is a timm model with an SaE twin."""
-    arch = split_model_name_tag(name)[0]
-    if not timm.is_model(arch):
-        raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
-    _sae_target(arch)
-    return arch
-
-
 def push_folder(
-        folder: PathLike,
-        repo_id: str,
-        token: Optional[str] = None,
-        private: bool = False,
-        revision: Optional[str] = None,
-        create_pr: bool = False,
-        commit_message: str = 'Add model',
-        update_card: bool = False,
-        api: Optional[HfApi] = None,
-) -> Any:
+        folder: PathLike, repo_id: str, token: Optional[str] = None, private: bool = False,
+        revision: Optional[str] = None, create_pr: bool = False, commit_message: str = 'Add model',
+        update_card: bool = False, api: Optional[HfApi] = None) -> Any:
     """Upload an exported folder (weights, config, card) to ``repo_id``; returns the Hub's commit info.
 
     The token is ``token``, else ``HF_TOKEN``, else the saved login. The repository is created if
     missing and the ``revision`` branch too. A README already on the Hub is kept unless
     ``update_card``. Only the export's files are uploaded; the folder is only read. ``api`` replaces
-    the ``HfApi`` client (tests).
+    the ``HfApi`` client.
     """
     folder = Path(folder)
     missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
@@ -515,66 +423,13 @@ def push_folder(
             commit_message=commit_message,
             allow_patterns=[n for n in EXPORT_FILES if not (keep_card and n == CARD_NAME)])
     except HfHubHTTPError as e:
-        raise PushError(_http_error_message(e, repo_id)) from e
+        raise PushError({
+            401: 'the Hub refused the token (401 Unauthorized); check --token / HF_TOKEN or log in again with '
+                 '`hf auth login`',
+            403: f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
+                 f'{repo_id.split("/")[0]}',
+        }.get(getattr(e.response, 'status_code', None), f'the Hub refused the push to {repo_id} ({first_line(e)})')) from e
     except Exception as e:  # network and transport failures, whichever HTTP client huggingface_hub uses
         raise PushError(
             f'could not reach the Hugging Face Hub ({type(e).__name__}: {first_line(e)}); check the network '
             f'(HF_ENDPOINT, proxies, HF_HUB_OFFLINE) and push again') from e
-
-
-def _http_error_message(error: HfHubHTTPError, repo_id: str) -> str:
-    status = getattr(error.response, 'status_code', None)
-    if status == 401:
-        return ('the Hub refused the token (401 Unauthorized); check --token / HF_TOKEN or log in again '
-                'with `hf auth login`')
-    if status == 403:
-        return (f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
-                f'{repo_id.split("/")[0]}')
-    return f'the Hub refused the push to {repo_id} ({first_line(error)})'
-
-
-def layout_hub_cache(
-        folder: PathLike,
-        cache_dir: PathLike,
-        repo_id: str,
-        revision: str = 'main',
-) -> Path:
-    """Copy an exported folder into a Hugging Face Hub cache as ``repo_id`` at ``revision``; returns the snapshot.
-
-    Layout: ``models--ORG--NAME/refs/<revision>`` holds a 40-hex commit id (the SHA-1 of the files),
-    ``models--ORG--NAME/snapshots/<id>/`` the files. Within ``offline_hub_cache(cache_dir)`` (or in a
-    process started with ``HF_HUB_OFFLINE=1 HF_HUB_CACHE=<cache_dir>``),
-    ``create_model('hf-hub:ORG/NAME', pretrained=True)`` loads from it.
-    """
-    folder, repo_dir = Path(folder), Path(cache_dir) / f'models--{repo_id.replace("/", "--")}'
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    digest = hashlib.sha1()
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open('rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                digest.update(chunk)
-    commit = digest.hexdigest()
-    snapshot = repo_dir / 'snapshots' / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        shutil.copy2(path, snapshot / path.name)
-    (repo_dir / 'refs').mkdir(exist_ok=True)
-    (repo_dir / 'refs' / revision).write_text(commit)
-    return snapshot
-
-
-@contextmanager
-def offline_hub_cache(cache_dir: PathLike) -> Iterator[None]:
-    """Within the block, huggingface_hub is offline and reads ``cache_dir`` as its Hub cache.
-
-    Patches ``huggingface_hub.constants`` (read at call time; the ``HF_HUB_OFFLINE`` /
-    ``HF_HUB_CACHE`` environment variables are read only once, at import).
-    """
-    constants = huggingface_hub.constants
-    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE
-    constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = True, str(cache_dir)
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = saved

@@ -52,12 +52,6 @@ def describe(model_name: str, input_size: Tuple[int, int, int] = (3, 224, 224), 
     return {'params_m': param_count(model) / 1e6, 'gmacs': gmacs(model, input_size)}
 
 
-def se_twin(model_name: str) -> str:
-    """The timm model an SaE model is the twin of: its SE version, else the plain ResNet."""
-    twin = model_name.replace('sae', 'se', 1)
-    return twin if timm.is_model(twin) else model_name.replace('sae', '', 1)
-
-
 def time_interleaved(
         steps: Mapping[str, Callable[[], None]],
         rounds: int,
