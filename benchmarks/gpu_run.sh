@@ -4,7 +4,7 @@
 # DEADLINE_S seconds (default 570, counted from the start; each part gets what is left).
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_run.sh                              # block speed, the default
-#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh block accuracy_placement speed   # with the new accuracy runs
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh accuracy_placement block speed   # the new accuracy runs first
 #   OUT=/tmp/gpu bash benchmarks/gpu_run.sh warm_start speed
 #   OUT=/tmp/gpu bash benchmarks/gpu_run.sh accuracy                      # the whole Fashion-MNIST sweep
 #
@@ -17,8 +17,10 @@
 # and traffic, and interleaved timings, eval and train; at most 150 s. Returns inductor_block_cuda.{json,md}.
 # accuracy_placement: benchmarks/accuracy.py, the placement and branch-width configurations
 # (saeresnet18_s12, _s34, _s4, _rd16, _rd8) x 3 seeds under the accuracy protocol, all 15 runs at once,
-# added to a copy of benchmarks/results/accuracy.json (runs already there are skipped); about 3 minutes
-# on an H200, cut at 240 s (the JSON keeps the runs that finished; rerun to resume). Returns accuracy.json.
+# added to a copy of benchmarks/results/accuracy.json (runs already there are skipped). Expected to take 3
+# to 4 minutes on an H200 (the 27 runs of results/accuracy.json, 14 at a time, took 334 s, each run 136 s
+# median and 250 s at most); cut at 300 s (the JSON keeps the runs that finished; rerun to resume), so
+# that block and speed get at least the 270 s left. Returns accuracy.json.
 # warm_start: benchmarks/warm_start.py, 3 seeds: 6 sources, 3 scratch runs and 12 fine-tunings, 15 runs
 # at a time; no new run starts after 240 s. Returns warm_start.json.
 # speed: bf16 autocast, channels_last, 224 px, inference batch 256 and training batch 128, eager then
@@ -61,7 +63,7 @@ for part; do
         ;;
     accuracy_placement)
         [[ -f $OUT/accuracy.json ]] || cp benchmarks/results/accuracy.json "$OUT/accuracy.json"
-        timeout $((left < 240 ? left : 240)) python3 benchmarks/accuracy.py --device cuda --seeds 3 --workers 15 \
+        timeout $((left < 300 ? left : 300)) python3 benchmarks/accuracy.py --device cuda --seeds 3 --workers 15 \
             --configs saeresnet18_s12 saeresnet18_s34 saeresnet18_s4 saeresnet18_rd16 saeresnet18_rd8 \
             --data-dir "$data" --results "$OUT/accuracy.json" --checkpoint-dir /tmp/ck 2>>"$log"
         ;;
