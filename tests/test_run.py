@@ -1,4 +1,4 @@
-"""The runner for timm's scripts, and a distributed (DDP, gloo, 2 processes) training step."""
+"""The runner for timm's scripts, and a distributed (DDP, gloo, 2 processes) training step (slow)."""
 import json
 import os
 import socket
@@ -112,7 +112,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_step_keeps_ranks_identical(tmp_path):
+    """Slow: two fresh processes import torch and timm and train a step (10 to 30 s on 2 cores)."""
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
     for key in ranks[0]['end']:
