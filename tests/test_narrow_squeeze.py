@@ -163,7 +163,8 @@ def test_training_takes_the_se_form(compiling: bool, narrow_calls, monkeypatch):
 # the tools that look inside models, side by side with timm's seresnet
 
 
-@pytest.mark.parametrize('se_name, sae_name', [('seresnet18', 'saeresnet18'), ('seresnext26t_32x4d', 'saeresnext26t_32x4d')])
+@pytest.mark.parametrize('se_name, sae_name', [
+    ('seresnet18', 'saeresnet18'), ('seresnext26t_32x4d', 'saeresnext26t_32x4d')])
 @pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
 @pytest.mark.filterwarnings('ignore:The nodes obtained by tracing the model in train mode are different')
 def test_tools_see_the_sae_layer_as_they_see_se(se_name: str, sae_name: str, training: bool):
