@@ -1,12 +1,13 @@
 """timm conformance tests for the SaE family (``timm.list_models('sae*')``).
 
 Coverage. Registry, pretrained configs, twin structure and entrypoint arguments run on all 22 models (on the
-meta device, each build shared). Forward + backward, the per-block reference check, the cfg's pool size and
-the API tests (heads, in_chans, features_only with hooks and fx, forward_intermediates, fx training) run on
-NUMERIC, five models that hold every structural variant of the family (basic and bottleneck blocks, 7x7 /
-deep / tiered stems, avg-pool downsampling, anti-aliasing, grouped convs), and with ``-m slow`` on the other
-17: with real weights for forward + backward and the reference check, on the meta device for the API tests
-(shapes, channels, reductions and the traced graph only). Gradient checkpointing and TorchScript, whose cost
+meta device, each build shared). The per-block reference check, the cfg's pool size and the API tests (heads,
+in_chans, features_only with hooks and fx, forward_intermediates, fx training) run on NUMERIC, five models
+that hold every structural variant of the family (basic and bottleneck blocks, 7x7 / deep / tiered stems,
+avg-pool downsampling, anti-aliasing, grouped convs), and with ``-m slow`` on the other 17: with real weights
+for the reference check, on the meta device for the API tests (shapes, channels, reductions and the traced
+graph only). Forward + backward with real weights runs on all 22 with ``-m slow`` (fx training checks the
+same on NUMERIC in the fast suite). Gradient checkpointing and TorchScript, whose cost
 is rebuilding and recompiling the same block classes at more depth or width, run on NUMERIC, the fast suite
 on BLOCK_TYPES (a basic block and a bottleneck).
 
@@ -281,9 +282,13 @@ def test_resnet50_parameter_counts():
 # forward, backward, heads and inputs
 
 
-@per_model_numeric_fast
+@pytest.mark.slow
+@per_model
 def test_forward_backward(name: str):
-    """Train-mode forward with a changed num_classes, then every parameter gets a gradient."""
+    """Train-mode forward with a changed num_classes, then every parameter gets a gradient.
+
+    Slow: with real weights; on NUMERIC the fast suite's ``test_fx_backward`` checks the same (train mode, 7
+    classes, every parameter's gradient) and that the output is eager's."""
     model = _create(name, num_classes=7).train()
     out = model(_image(batch=2))
     assert out.shape == (2, 7)

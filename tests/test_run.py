@@ -75,8 +75,12 @@ def test_cli_run_passes_options_through(script, capsys):
     assert _seen(capsys)['argv'][1:] == ['5', '--help', '--model', 'saeresnet18']
 
 
+@pytest.mark.slow
 def test_module_entry_point(script):
-    """``python -m timm_sae.run`` in a fresh interpreter: models registered, exit status passed through."""
+    """``python -m timm_sae.run`` in a fresh interpreter: models registered, exit status passed through.
+
+    Slow: the fresh interpreter imports torch and timm (5 to 10 s on 2 cores); the tests above run the same
+    ``main`` in this process."""
     done = subprocess.run(
         [sys.executable, '-m', 'timm_sae.run', str(script), '4', '--flag'],
         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONWARNINGS='ignore'))
