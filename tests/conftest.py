@@ -8,8 +8,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def fast_or_slow(values: Iterable[Any], fast: Container[str], key: Callable[[Any], str] = str) -> List[Any]:
-    """pytest params of ``values`` (a tuple gives one value a parameter), marked slow where ``key(value)`` is not
-    in ``fast``: a check of every model keeps a few representatives in the fast suite."""
+    """pytest params of ``values`` (a tuple's items are one case's arguments), marked slow where ``key(value)``
+    is not in ``fast``: a check of every model keeps a few representatives in the fast suite."""
     return [pytest.param(*(value if isinstance(value, tuple) else (value,)),
                          marks=() if key(value) in fast else pytest.mark.slow) for value in values]
 
