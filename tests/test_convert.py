@@ -22,6 +22,7 @@ from torch import nn
 
 import timm_sae  # noqa: F401
 from conftest import fast_or_slow, randomise_batchnorm
+from hub_helpers import layout_hub_cache, offline_hub_cache
 from timm_sae import convert, hub
 from timm_sae.cli import main
 from timm_sae.family import family_table
@@ -43,10 +44,10 @@ def _is_se_sourced(name: str) -> bool:
 TAGS = timm.list_pretrained('sae*')
 SE_SOURCED = [name for name in TAGS if _is_se_sourced(name)]
 PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every conversion tag of plain weights
-    (name.split('.')[0], convert.plain_twin(name.split('.')[0])) for name in TAGS if name not in SE_SOURCED})
+    (name.split('.')[0], convert.twins(name).plain) for name in TAGS if name not in SE_SOURCED})
 SE_PAIRS = sorted(  # (SaE architecture, timm SE twin) where timm has SE weights
-    (name, convert.se_source(name)) for name in timm.list_models('sae*')
-    if convert.se_source(name) and timm.list_pretrained(f'{convert.se_source(name)}.*'))
+    (name, convert.twins(name).se) for name in timm.list_models('sae*')
+    if convert.twins(name).se and timm.list_pretrained(f'{convert.twins(name).se}.*'))
 SE_DEFAULT_TAGS = [  # (the conversion of the SE twin's default tag, the SE twin) of every architecture with one
     (f"{name}.{convert.conversion_tag(f'{se}.{get_pretrained_cfg(se).tag}')}", se) for name, se in SE_PAIRS]
 # the conversions the fast suite checks: a basic block, a bottleneck (deep stem, avg-pool downsampling) and a
@@ -129,7 +130,7 @@ def test_every_se_twin_fits_the_default_branches():
     Slow: a sweep of 18 pairs of meta-device builds; the fast suite converts seresnext26d_32x4d.
     """
     for name in timm.list_models('sae*'):
-        source = convert.se_source(name)
+        source = convert.twins(name).se
         if source:
             model = timm.create_model(name, sae_residual=False, device='meta')
             converted = convert.convert_state_dict(timm.create_model(source, device='meta').state_dict(), model)
@@ -193,7 +194,7 @@ def test_tag_carries_the_source_cfg(name):
     arch, tag = name.split('.')
     cfg = get_pretrained_cfg(name)
     source = cfg.hf_hub_id.split('/', 1)[1]
-    assert source.split('.')[0] == (convert.se_source if name in SE_SOURCED else convert.plain_twin)(arch)
+    assert source.split('.')[0] == getattr(convert.twins(arch), 'se' if name in SE_SOURCED else 'plain')
     assert tag == convert.conversion_tag(source)
     source_cfg = get_pretrained_cfg(source)
     assert cfg.hf_hub_id == source_cfg.hf_hub_id == f'timm/{source_cfg.architecture}.{source_cfg.tag}'
@@ -221,14 +222,14 @@ def timm_hub(tmp_path_factory):
         folder = root / arch
         folder.mkdir()
         save_file(sources[arch].state_dict(), folder / hub.WEIGHTS_NAME)
-        hub.layout_hub_cache(folder, root / 'hub', repo)
+        layout_hub_cache(folder, root / 'hub', repo)
     return root / 'hub', sources
 
 
 @pytest.mark.parametrize('name,source', [('saeresnet18', 'resnet18'), ('saeresnet26d.resnet26d_bt_in1k', 'resnet26d')])
 def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
     cache, sources = timm_hub
-    with hub.offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
         model = timm.create_model(name, pretrained=True)
     assert _relative_error(model, sources[source]) <= EXACT_RTOL
     (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
@@ -239,7 +240,7 @@ def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
 def test_pretrained_with_num_classes_in_chans_and_features(timm_hub):
     cache, sources = timm_hub
     reference = sources['resnet18']
-    with hub.offline_hub_cache(cache):
+    with offline_hub_cache(cache):
         model = timm.create_model('saeresnet18', pretrained=True, num_classes=7)
         gray = timm.create_model('saeresnet18', pretrained=True, in_chans=1)
         features = timm.create_model('saeresnet18', pretrained=True, features_only=True).eval()
@@ -273,7 +274,7 @@ def test_twenty_architectures_load_pretrained_weights():
     without = [name for name in timm.list_models('sae*') if not get_pretrained_cfg(name).has_weights]
     assert without == ['saeresnet50t', 'saeresnet269d'] and len(timm.list_models('sae*')) - len(without) == 20
     for name, se in SE_PAIRS:  # the SE twin's default tag is the default where timm has no plain weights
-        plain = convert.plain_twin(name)
+        plain = convert.twins(name).plain
         expected = f'{plain}.{get_pretrained_cfg(plain).tag}' if plain else f'{se}.{get_pretrained_cfg(se).tag}'
         assert get_pretrained_cfg(name).tag == convert.conversion_tag(expected), name
 
@@ -284,14 +285,14 @@ def _se_hub(root, se: str, seed: int = 0):
     folder = root / se
     folder.mkdir()
     save_file(source.state_dict(), folder / hub.WEIGHTS_NAME)
-    hub.layout_hub_cache(folder, root / 'hub', get_pretrained_cfg(se).hf_hub_id)
+    layout_hub_cache(folder, root / 'hub', get_pretrained_cfg(se).hf_hub_id)
     return root / 'hub', source
 
 
 @pytest.mark.parametrize('name,source', _fast_or_slow(SE_DEFAULT_TAGS))
 def test_se_tag_loads_the_exact_conversion_with_the_plain_gate(name, source, tmp_path, caplog):
     cache, reference = _se_hub(tmp_path, source)
-    with hub.offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
         model = timm.create_model(name, pretrained=True)
     assert not any(m.residual for m in _sae_layers(model))
     assert _relative_error(model, reference) <= EXACT_RTOL
@@ -321,7 +322,7 @@ def test_se_tag_refuses_an_explicit_residual_gate():
 def test_se_tag_with_num_classes_in_chans_and_features(se_hub):
     cache, reference = se_hub
     name = 'saeresnext26d_32x4d'
-    with hub.offline_hub_cache(cache):
+    with offline_hub_cache(cache):
         model = timm.create_model(name, pretrained=True, num_classes=7).eval()
         gray = timm.create_model(name, pretrained=True, in_chans=1, sae_residual=False)
         features = timm.create_model(name, pretrained=True, features_only=True).eval()
@@ -340,7 +341,7 @@ def test_se_tag_with_num_classes_in_chans_and_features(se_hub):
 def test_fine_tuned_se_sourced_export_reloads_with_the_plain_gate(se_hub, tmp_path):
     """train.py --pretrained on an SE tag, then timm-sae export: the export rebuilds the plain gate."""
     cache, _ = se_hub
-    with hub.offline_hub_cache(cache):
+    with offline_hub_cache(cache):
         model = timm.create_model('saeresnext26d_32x4d', pretrained=True, num_classes=5)
     with torch.no_grad():  # a stand-in for fine-tuning: the SaE layers move off the conversion
         for block in _sae_layers(model):
@@ -351,8 +352,8 @@ def test_fine_tuned_se_sourced_export_reloads_with_the_plain_gate(se_hub, tmp_pa
     hub.export_checkpoint(tmp_path / 'model_best.pth.tar', tmp_path / 'export')
     config = json.loads((tmp_path / 'export' / 'config.json').read_text())
     assert config['model_args']['sae_residual'] is False
-    hub.layout_hub_cache(tmp_path / 'export', cache, 'my-org/saeresnext26d_32x4d.fine_tuned')
-    with hub.offline_hub_cache(cache):
+    layout_hub_cache(tmp_path / 'export', cache, 'my-org/saeresnext26d_32x4d.fine_tuned')
+    with offline_hub_cache(cache):
         reloaded = timm.create_model('hf-hub:my-org/saeresnext26d_32x4d.fine_tuned', pretrained=True)
     assert not reloaded.layer1[0].se.residual
     assert _relative_error(reloaded, model) <= EXACT_RTOL
@@ -411,11 +412,10 @@ def test_se_weights_through_the_overlay(tmp_path):
 # timm-sae convert
 
 
-def test_cli_converts_a_timm_name(timm_hub, tmp_path, monkeypatch):
+def test_cli_converts_a_timm_name(timm_hub, tmp_path):
     cache, sources = timm_hub
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
-    assert main(['convert', 'resnet18.a1_in1k', str(tmp_path / 'out')]) == 0
+    with offline_hub_cache(cache):
+        assert main(['convert', 'resnet18.a1_in1k', str(tmp_path / 'out')]) == 0
     config = json.loads((tmp_path / 'out' / 'config.json').read_text())
     assert config['architecture'] == 'saeresnet18' and config['model_args']['sae_residual'] is True
     cfg = config['pretrained_cfg']
@@ -459,11 +459,10 @@ def test_cli_converts_an_se_checkpoint(tmp_path, capsys):
     ('resnet50t', 'timm has no pretrained weights of resnet50t'),
     ('resnet18.a1_in1k', 'the Hugging Face Hub cannot be reached'),  # the one case for network advice
 ])
-def test_cli_convert_errors(source, pattern, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
-    assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
-                 str(tmp_path / 'out')]) == 1
+def test_cli_convert_errors(source, pattern, tmp_path, capsys):
+    with offline_hub_cache(tmp_path / 'empty-cache'):
+        assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
+                     str(tmp_path / 'out')]) == 1
     err = capsys.readouterr().err
     assert pattern in err and err.count('\n') == 1 and not (tmp_path / 'out').exists()
     assert ('check the network' in err) == (source == 'resnet18.a1_in1k')
@@ -480,12 +479,13 @@ def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
 
 
 def test_family_table_shows_default_license_and_tags_by_source(monkeypatch):
-    """``timm-sae list``: the default tag's license (non-commercial said so), and tags of plain + SE weights."""
+    """``timm-sae list``: the default tag's license (non-commercial said so), the tags of plain + SE + SaE weights
+    and the untrained ones."""
     monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: [
         'saeresnet50', 'saeresnext26d_32x4d', 'saeresnext101_32x4d', 'saeresnet50t'])
     rows = {line.split(' | ')[0][2:]: line for line in family_table()[2:]}
-    assert rows['saeresnet50'].endswith('| resnet50_a1_in1k | apache-2.0 | 19 + 4 |')
-    assert rows['saeresnext26d_32x4d'].endswith('| seresnext26d_32x4d_bt_in1k | apache-2.0 | 0 + 1 |')
+    assert rows['saeresnet50'].endswith('| resnet50_a1_in1k | apache-2.0 | 19 + 4 + 0 | 0 |')
+    assert rows['saeresnext26d_32x4d'].endswith('| seresnext26d_32x4d_bt_in1k | apache-2.0 | 0 + 1 + 0 | 0 |')
     assert rows['saeresnext101_32x4d'].endswith(
-        '| resnext101_32x4d_fb_ssl_yfcc100m_ft_in1k | cc-by-nc-4.0 (non-commercial) | 3 + 1 |')
-    assert rows['saeresnet50t'].endswith('| untrained | apache-2.0 | 0 + 0 |')
+        '| resnext101_32x4d_fb_ssl_yfcc100m_ft_in1k | cc-by-nc-4.0 (non-commercial) | 3 + 1 + 0 | 0 |')
+    assert rows['saeresnet50t'].endswith('| untrained | apache-2.0 | 0 + 0 + 0 | 1 |')

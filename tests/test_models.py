@@ -33,8 +33,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from conftest import fast_or_slow
-from timm_sae import SqueezeAggregatedExcitation
-from timm_sae.measure import param_count, se_twin
+from timm_sae import SqueezeAggregatedExcitation, convert
+from timm_sae.measure import param_count
 
 FAMILY = (
     'saeresnet18', 'saeresnet34', 'saeresnet50', 'saeresnet50t', 'saeresnet101', 'saeresnet152',
@@ -217,7 +217,8 @@ def test_pretrained_cfg_pool_size(name: str):
 @per_model
 def test_twin_structure(name: str):
     """Same modules, parameter names and shapes as the SE (or plain) twin, except the attention layers."""
-    sae, twin = _meta(name), _meta(se_twin(name))
+    names = convert.twins(name)
+    sae, twin = _meta(name), _meta(names.se or names.plain)
 
     def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in model.state_dict().items() if '.se.' not in k}
