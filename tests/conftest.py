@@ -1,10 +1,17 @@
 """Helpers shared by the test modules."""
-from typing import Iterator
+from typing import Any, Callable, Container, Iterable, Iterator, List
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def fast_or_slow(values: Iterable[Any], fast: Container[str], key: Callable[[Any], str] = str) -> List[Any]:
+    """pytest params of ``values`` (a tuple's items are one case's arguments), marked slow where ``key(value)``
+    is not in ``fast``: a check of every model keeps a few representatives in the fast suite."""
+    return [pytest.param(*(value if isinstance(value, tuple) else (value,)),
+                         marks=() if key(value) in fast else pytest.mark.slow) for value in values]
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

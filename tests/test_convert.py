@@ -3,10 +3,15 @@ conversion tags through timm's own Hub loading, and ``timm-sae convert``.
 
 Exactness is checked in fp32 on sources whose BatchNorm affine parameters and running statistics are random
 (timm zero-initialises each block's last BN weight, which would make every SaE input 0 and the check empty):
-max |converted logits - source logits| / max |source logits| <= 1e-5.
+max |converted logits - source logits| / max |source logits| <= 1e-5 (``EXACT_RTOL``). The fast suite converts
+saeresnet18 (basic blocks), saeresnet26d (bottlenecks) and saeresnext26d_32x4d (grouped, from SE weights); the
+conversions of the other architectures, the same block variants deeper or wider, run with ``-m slow``.
 """
+import functools
 import json
 import logging
+from typing import List, Sequence, Tuple
+
 import pytest
 import timm
 import torch
@@ -16,16 +21,20 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 import timm_sae  # noqa: F401
-from conftest import randomise_batchnorm
+from conftest import fast_or_slow, randomise_batchnorm
+from hub_helpers import layout_hub_cache, offline_hub_cache
 from timm_sae import convert, hub
 from timm_sae.cli import main
-from timm_sae.demo import EXACT_RTOL
 from timm_sae.family import family_table
-from timm_sae.measure import param_count
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 SIZE = 64
+# max |converted logits - source logits| / max |source logits| of an exact conversion. Exact in real arithmetic;
+# in fp32 the BatchNorm divided by the gate g (plain sources), the multiply by g and the wider SaE matrices (SE
+# sources) round in their own way, and the networks carry those last-bit differences forward: measured 2e-7 to
+# 4e-7 (resnet18, resnet26d, resnet50, seresnext26d_32x4d), 1e-5 leaves room for the deepest models.
+EXACT_RTOL = 1e-5
 
 
 def _is_se_sourced(name: str) -> bool:
@@ -35,26 +44,26 @@ def _is_se_sourced(name: str) -> bool:
 TAGS = timm.list_pretrained('sae*')
 SE_SOURCED = [name for name in TAGS if _is_se_sourced(name)]
 PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every conversion tag of plain weights
-    (name.split('.')[0], convert.plain_twin(name.split('.')[0])) for name in TAGS if name not in SE_SOURCED})
+    (name.split('.')[0], convert.twins(name).plain) for name in TAGS if name not in SE_SOURCED})
 SE_PAIRS = sorted(  # (SaE architecture, timm SE twin) where timm has SE weights
-    (name, convert.se_source(name)) for name in timm.list_models('sae*')
-    if convert.se_source(name) and timm.list_pretrained(f'{convert.se_source(name)}.*'))
+    (name, convert.twins(name).se) for name in timm.list_models('sae*')
+    if convert.twins(name).se and timm.list_pretrained(f'{convert.twins(name).se}.*'))
 SE_DEFAULT_TAGS = [  # (the conversion of the SE twin's default tag, the SE twin) of every architecture with one
     (f"{name}.{convert.conversion_tag(f'{se}.{get_pretrained_cfg(se).tag}')}", se) for name, se in SE_PAIRS]
-SMALL = ('saeresnet18', 'saeresnet26', 'saeresnet26d', 'saeresnext26d_32x4d', 'saeresnext26t_32x4d')
+# the conversions the fast suite checks: a basic block, a bottleneck (deep stem, avg-pool downsampling) and a
+# grouped bottleneck; the other architectures hold the same block variants at more depth or width (slow)
+FAST = ('saeresnet18', 'saeresnet26d', 'saeresnext26d_32x4d')
 
 
-def _by_size(pairs):
-    """pytest params, the large models (over 50M parameters) marked slow."""
-    return [pytest.param(*pair, id=pair[0], marks=() if pair[0] in SMALL or _params_m(pair[1]) < 50 else
-                         pytest.mark.slow) for pair in pairs]
+def _fast_or_slow(pairs: Sequence[Tuple[str, str]]) -> list:
+    """pytest params of (SaE name, source) pairs, those of architectures not in FAST marked slow."""
+    return fast_or_slow(pairs, FAST, key=lambda pair: pair[0].split('.')[0])
 
 
-def _params_m(name: str) -> float:
-    return param_count(timm.create_model(name, device='meta')) / 1e6
-
-
+@functools.lru_cache(maxsize=3)
 def _source(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    """A seeded timm model with random BatchNorm statistics. The last three are kept (the fast suite uses three
+    most of the time) and shared: the tests only read them."""
     torch.manual_seed(seed)
     return randomise_batchnorm(timm.create_model(name, **kwargs), seed=1)
 
@@ -64,6 +73,13 @@ def _relative_error(model: nn.Module, reference: nn.Module, in_chans: int = 3) -
     with torch.no_grad():
         expected, actual = reference.eval()(x), model.eval()(x)
     return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def _sae_layers(model: nn.Module) -> List[timm_sae.SqueezeAggregatedExcitation]:
+    """The model's SaE layers, at least one: a check of each layer passes for a model without any."""
+    layers = [m for m in model.modules() if isinstance(m, timm_sae.SqueezeAggregatedExcitation)]
+    assert layers, f'{type(model).__name__} has no SaE layer'
+    return layers
 
 
 def _converted(source: nn.Module, name: str, **kwargs) -> nn.Module:
@@ -82,18 +98,17 @@ def test_every_conversion_tag_has_a_pair():
     assert {name.split('.')[0] for name in SE_SOURCED} == {name for name, _ in SE_PAIRS}
 
 
-@pytest.mark.parametrize('name,source', _by_size(PLAIN_PAIRS))
+@pytest.mark.parametrize('name,source', _fast_or_slow(PLAIN_PAIRS))
 def test_plain_to_residual_gate_is_exact(name, source):
     reference = _source(source)
     model = _converted(reference, name)
     assert _relative_error(model, reference) <= EXACT_RTOL
-    for block in model.modules():
-        if isinstance(block, timm_sae.SqueezeAggregatedExcitation):
-            assert not block.fc_excite.weight.any() and not block.fc_excite.bias.any()
-            assert block.fc_branches.weight.std() > 0  # the branches keep the model's own initialisation
+    for block in _sae_layers(model):
+        assert not block.fc_excite.weight.any() and not block.fc_excite.bias.any()
+        assert block.fc_branches.weight.std() > 0  # the branches keep the model's own initialisation
 
 
-@pytest.mark.parametrize('name,source', _by_size(SE_PAIRS))
+@pytest.mark.parametrize('name,source', _fast_or_slow(SE_PAIRS))
 def test_se_to_plain_gate_is_exact(name, source):
     reference = _source(source)
     model = _converted(reference, name, sae_residual=False)
@@ -108,10 +123,14 @@ def test_plain_source_into_other_sae_arguments(kwargs):
     assert _relative_error(_converted(reference, 'saeresnet26d', **kwargs), reference) <= EXACT_RTOL
 
 
+@pytest.mark.slow
 def test_every_se_twin_fits_the_default_branches():
-    """SE's reduction (C/16) fits SaE's k*d = C/8 in every block of every SE twin (checked on the meta device)."""
+    """SE's reduction (C/16) fits SaE's k*d = C/8 in every block of every SE twin (checked on the meta device).
+
+    Slow: a sweep of 18 pairs of meta-device builds; the fast suite converts seresnext26d_32x4d.
+    """
     for name in timm.list_models('sae*'):
-        source = convert.se_source(name)
+        source = convert.twins(name).se
         if source:
             model = timm.create_model(name, sae_residual=False, device='meta')
             converted = convert.convert_state_dict(timm.create_model(source, device='meta').state_dict(), model)
@@ -175,7 +194,7 @@ def test_tag_carries_the_source_cfg(name):
     arch, tag = name.split('.')
     cfg = get_pretrained_cfg(name)
     source = cfg.hf_hub_id.split('/', 1)[1]
-    assert source.split('.')[0] == (convert.se_source if name in SE_SOURCED else convert.plain_twin)(arch)
+    assert source.split('.')[0] == getattr(convert.twins(arch), 'se' if name in SE_SOURCED else 'plain')
     assert tag == convert.conversion_tag(source)
     source_cfg = get_pretrained_cfg(source)
     assert cfg.hf_hub_id == source_cfg.hf_hub_id == f'timm/{source_cfg.architecture}.{source_cfg.tag}'
@@ -203,14 +222,14 @@ def timm_hub(tmp_path_factory):
         folder = root / arch
         folder.mkdir()
         save_file(sources[arch].state_dict(), folder / hub.WEIGHTS_NAME)
-        hub.layout_hub_cache(folder, root / 'hub', repo)
+        layout_hub_cache(folder, root / 'hub', repo)
     return root / 'hub', sources
 
 
 @pytest.mark.parametrize('name,source', [('saeresnet18', 'resnet18'), ('saeresnet26d.resnet26d_bt_in1k', 'resnet26d')])
 def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
     cache, sources = timm_hub
-    with hub.offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
         model = timm.create_model(name, pretrained=True)
     assert _relative_error(model, sources[source]) <= EXACT_RTOL
     (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
@@ -221,7 +240,7 @@ def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
 def test_pretrained_with_num_classes_in_chans_and_features(timm_hub):
     cache, sources = timm_hub
     reference = sources['resnet18']
-    with hub.offline_hub_cache(cache):
+    with offline_hub_cache(cache):
         model = timm.create_model('saeresnet18', pretrained=True, num_classes=7)
         gray = timm.create_model('saeresnet18', pretrained=True, in_chans=1)
         features = timm.create_model('saeresnet18', pretrained=True, features_only=True).eval()
@@ -255,7 +274,7 @@ def test_twenty_architectures_load_pretrained_weights():
     without = [name for name in timm.list_models('sae*') if not get_pretrained_cfg(name).has_weights]
     assert without == ['saeresnet50t', 'saeresnet269d'] and len(timm.list_models('sae*')) - len(without) == 20
     for name, se in SE_PAIRS:  # the SE twin's default tag is the default where timm has no plain weights
-        plain = convert.plain_twin(name)
+        plain = convert.twins(name).plain
         expected = f'{plain}.{get_pretrained_cfg(plain).tag}' if plain else f'{se}.{get_pretrained_cfg(se).tag}'
         assert get_pretrained_cfg(name).tag == convert.conversion_tag(expected), name
 
@@ -266,16 +285,16 @@ def _se_hub(root, se: str, seed: int = 0):
     folder = root / se
     folder.mkdir()
     save_file(source.state_dict(), folder / hub.WEIGHTS_NAME)
-    hub.layout_hub_cache(folder, root / 'hub', get_pretrained_cfg(se).hf_hub_id)
+    layout_hub_cache(folder, root / 'hub', get_pretrained_cfg(se).hf_hub_id)
     return root / 'hub', source
 
 
-@pytest.mark.parametrize('name,source', _by_size(SE_DEFAULT_TAGS))
+@pytest.mark.parametrize('name,source', _fast_or_slow(SE_DEFAULT_TAGS))
 def test_se_tag_loads_the_exact_conversion_with_the_plain_gate(name, source, tmp_path, caplog):
     cache, reference = _se_hub(tmp_path, source)
-    with hub.offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
         model = timm.create_model(name, pretrained=True)
-    assert all(not m.residual for m in model.modules() if isinstance(m, timm_sae.SqueezeAggregatedExcitation))
+    assert not any(m.residual for m in _sae_layers(model))
     assert _relative_error(model, reference) <= EXACT_RTOL
     (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
     assert f'exact conversion of SE ResNet weights {get_pretrained_cfg(source).hf_hub_id} (license ' in line
@@ -303,12 +322,12 @@ def test_se_tag_refuses_an_explicit_residual_gate():
 def test_se_tag_with_num_classes_in_chans_and_features(se_hub):
     cache, reference = se_hub
     name = 'saeresnext26d_32x4d'
-    with hub.offline_hub_cache(cache):
+    with offline_hub_cache(cache):
         model = timm.create_model(name, pretrained=True, num_classes=7).eval()
         gray = timm.create_model(name, pretrained=True, in_chans=1, sae_residual=False)
         features = timm.create_model(name, pretrained=True, features_only=True).eval()
     assert model.get_classifier().out_features == 7
-    assert not any(m.residual for m in features.modules() if isinstance(m, timm_sae.SqueezeAggregatedExcitation))
+    assert not any(m.residual for m in _sae_layers(features))
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = reference.forward_features(x)
@@ -322,20 +341,19 @@ def test_se_tag_with_num_classes_in_chans_and_features(se_hub):
 def test_fine_tuned_se_sourced_export_reloads_with_the_plain_gate(se_hub, tmp_path):
     """train.py --pretrained on an SE tag, then timm-sae export: the export rebuilds the plain gate."""
     cache, _ = se_hub
-    with hub.offline_hub_cache(cache):
+    with offline_hub_cache(cache):
         model = timm.create_model('saeresnext26d_32x4d', pretrained=True, num_classes=5)
     with torch.no_grad():  # a stand-in for fine-tuning: the SaE layers move off the conversion
-        for block in model.modules():
-            if isinstance(block, timm_sae.SqueezeAggregatedExcitation):
-                block.fc_excite.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
+        for block in _sae_layers(model):
+            block.fc_excite.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
     torch.save({'arch': 'saeresnext26d_32x4d', 'state_dict': model.state_dict(), 'epoch': 3, 'args': {
         'model': 'saeresnext26d_32x4d', 'pretrained': True, 'num_classes': 5, 'model_kwargs': {}}},
         tmp_path / 'model_best.pth.tar')
     hub.export_checkpoint(tmp_path / 'model_best.pth.tar', tmp_path / 'export')
     config = json.loads((tmp_path / 'export' / 'config.json').read_text())
     assert config['model_args']['sae_residual'] is False
-    hub.layout_hub_cache(tmp_path / 'export', cache, 'my-org/saeresnext26d_32x4d.fine_tuned')
-    with hub.offline_hub_cache(cache):
+    layout_hub_cache(tmp_path / 'export', cache, 'my-org/saeresnext26d_32x4d.fine_tuned')
+    with offline_hub_cache(cache):
         reloaded = timm.create_model('hf-hub:my-org/saeresnext26d_32x4d.fine_tuned', pretrained=True)
     assert not reloaded.layer1[0].se.residual
     assert _relative_error(reloaded, model) <= EXACT_RTOL
@@ -394,11 +412,10 @@ def test_se_weights_through_the_overlay(tmp_path):
 # timm-sae convert
 
 
-def test_cli_converts_a_timm_name(timm_hub, tmp_path, monkeypatch):
+def test_cli_converts_a_timm_name(timm_hub, tmp_path):
     cache, sources = timm_hub
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
-    assert main(['convert', 'resnet18.a1_in1k', str(tmp_path / 'out')]) == 0
+    with offline_hub_cache(cache):
+        assert main(['convert', 'resnet18.a1_in1k', str(tmp_path / 'out')]) == 0
     config = json.loads((tmp_path / 'out' / 'config.json').read_text())
     assert config['architecture'] == 'saeresnet18' and config['model_args']['sae_residual'] is True
     cfg = config['pretrained_cfg']
@@ -442,11 +459,10 @@ def test_cli_converts_an_se_checkpoint(tmp_path, capsys):
     ('resnet50t', 'timm has no pretrained weights of resnet50t'),
     ('resnet18.a1_in1k', 'the Hugging Face Hub cannot be reached'),  # the one case for network advice
 ])
-def test_cli_convert_errors(source, pattern, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(hub.huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
-    assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
-                 str(tmp_path / 'out')]) == 1
+def test_cli_convert_errors(source, pattern, tmp_path, capsys):
+    with offline_hub_cache(tmp_path / 'empty-cache'):
+        assert main(['convert', str(tmp_path / source) if source.endswith('.pth') else source,
+                     str(tmp_path / 'out')]) == 1
     err = capsys.readouterr().err
     assert pattern in err and err.count('\n') == 1 and not (tmp_path / 'out').exists()
     assert ('check the network' in err) == (source == 'resnet18.a1_in1k')
@@ -463,12 +479,13 @@ def test_convert_refuses_nonfinite_weights(tmp_path, capsys):
 
 
 def test_family_table_shows_default_license_and_tags_by_source(monkeypatch):
-    """``timm-sae list``: the default tag's license (non-commercial said so), and tags of plain + SE weights."""
+    """``timm-sae list``: the default tag's license (non-commercial said so), the tags of plain + SE + SaE weights
+    and the untrained ones."""
     monkeypatch.setattr(timm, 'list_models', lambda *args, **kwargs: [
         'saeresnet50', 'saeresnext26d_32x4d', 'saeresnext101_32x4d', 'saeresnet50t'])
     rows = {line.split(' | ')[0][2:]: line for line in family_table()[2:]}
-    assert rows['saeresnet50'].endswith('| resnet50_a1_in1k | apache-2.0 | 19 + 4 |')
-    assert rows['saeresnext26d_32x4d'].endswith('| seresnext26d_32x4d_bt_in1k | apache-2.0 | 0 + 1 |')
+    assert rows['saeresnet50'].endswith('| resnet50_a1_in1k | apache-2.0 | 19 + 4 + 0 | 0 |')
+    assert rows['saeresnext26d_32x4d'].endswith('| seresnext26d_32x4d_bt_in1k | apache-2.0 | 0 + 1 + 0 | 0 |')
     assert rows['saeresnext101_32x4d'].endswith(
-        '| resnext101_32x4d_fb_ssl_yfcc100m_ft_in1k | cc-by-nc-4.0 (non-commercial) | 3 + 1 |')
-    assert rows['saeresnet50t'].endswith('| untrained | apache-2.0 | 0 + 0 |')
+        '| resnext101_32x4d_fb_ssl_yfcc100m_ft_in1k | cc-by-nc-4.0 (non-commercial) | 3 + 1 + 0 | 0 |')
+    assert rows['saeresnet50t'].endswith('| untrained | apache-2.0 | 0 + 0 + 0 | 1 |')

@@ -7,6 +7,9 @@ each block's last BatchNorm weight, which would make every SaE input zero. ``tes
 checks that the SaE excitation moves the logits by far more than any tolerance below, so a route that
 dropped or mangled the gate would fail.
 
+The fast suite runs every route on saeresnet18 and TorchScript on all three; an export takes 3 to 25 s on 2
+cores, so the exports of the ResNeXts (torch.export and ONNX) and timm's ONNX helper are marked slow.
+
 The reference is the eager model under ``torch.no_grad``, i.e. the SaE layer gating in place and the
 Bottleneck squeezing its narrow conv3 input (``timm_sae.blocks``); torch.export and the ONNX exporter
 built on it trace the out-of-place ``x * scale``, TorchScript compiles both and squeezes the full-width
@@ -35,7 +38,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from timm_sae import SqueezeAggregatedExcitation, fuse_batchnorm
-from conftest import randomise_batchnorm
+from conftest import fast_or_slow, randomise_batchnorm
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -53,7 +56,15 @@ def _model_with_random_bn(name: str) -> nn.Module:
     return randomise_batchnorm(timm.create_model(name, num_classes=NUM_CLASSES))
 
 
-@pytest.fixture(scope='module', params=['saeresnet18', 'saeresnext26t_32x4d', FOLDED])
+MODELS = ('saeresnet18', 'saeresnext26t_32x4d', FOLDED)
+
+
+def _slow_except(*fast: str) -> pytest.MarkDecorator:
+    """Runs the test on every model of MODELS, those not in ``fast`` marked slow."""
+    return pytest.mark.parametrize('model', fast_or_slow(MODELS, fast), indirect=True)
+
+
+@pytest.fixture(scope='module', params=MODELS)
 def model(request: pytest.FixtureRequest) -> nn.Module:
     if request.param == FOLDED:
         return fuse_batchnorm(_model_with_random_bn('saeresnext26t_32x4d'), strict=True)
@@ -98,6 +109,7 @@ def _assert_match_eager(model: nn.Module, *deployed: nn.Module) -> None:
                 assert_close(module(images), expected)
 
 
+@_slow_except('saeresnet18')
 def test_torch_export_dynamic_batch(model: nn.Module, tmp_path: Path):
     batch = torch.export.Dim('batch', min=1)
     program = torch.export.export(model, (_images(EXAMPLE_BATCH),), dynamic_shapes=({0: batch},))
@@ -127,6 +139,7 @@ def _run_onnx(session: onnxruntime.InferenceSession, images: torch.Tensor) -> to
     return torch.from_numpy(output)
 
 
+@_slow_except('saeresnet18')
 def test_onnx_dynamo_in_onnxruntime(model: nn.Module, tmp_path: Path):
     path = tmp_path / 'model.onnx'
     torch.onnx.export(
@@ -148,7 +161,7 @@ def test_onnx_dynamo_in_onnxruntime(model: nn.Module, tmp_path: Path):
 def test_timm_onnx_export_helper(tmp_path: Path):
     """timm's own ``onnx_export`` (what ``onnx_export.py --dynamo`` calls), its forward check included.
 
-    Slow only in that it is a fourth ONNX export, of a model the tests above already export.
+    Slow only in that it is another ONNX export, of the model ``test_onnx_dynamo_in_onnxruntime`` exports.
     """
     model = _model_with_random_bn('saeresnet18')
     path = tmp_path / 'saeresnet18.onnx'

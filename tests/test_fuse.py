@@ -9,7 +9,10 @@ import timm_sae  # noqa: F401  registers the SaE models
 from timm_sae.fuse import fuse_batchnorm
 from conftest import randomise_batchnorm
 
-MODELS = ['saeresnet18', 'saeresnet50d', 'saeresnext26t_32x4d', 'seresnet18']
+# basic blocks; bottlenecks with a deep stem and avg-pool downsampling; grouped bottlenecks; timm's SE
+MODELS = ['saeresnet18', 'saeresnet26d', 'saeresnext26t_32x4d', 'seresnet18']
+
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def _model_with_random_bn(name: str, **kwargs) -> nn.Module:

@@ -242,16 +242,19 @@ def test_valid_files_of_other_architectures_and_class_counts(tmp_path, capsys):
         assert sorted(p.name for p in tmp_path.iterdir()) == ['resnet18.pth', 'saeresnet18.safetensors']
 
 
-def test_the_cli_as_a_user_meets_it(valid_files, tmp_path):
-    """Two real processes: a text file given to export, a truncated checkpoint given to convert."""
+@pytest.mark.parametrize('argv, pattern', [
+    (['convert', 'half.pth', 'out', '--model', 'resnet18'], 'truncated or damaged'),
+    pytest.param(['export', 'passwd', 'out'], 'passwd is a text file', marks=pytest.mark.slow),
+], ids=['convert-truncated', 'export-text'])
+def test_the_cli_as_a_user_meets_it(argv, pattern, valid_files, tmp_path):
+    """A real process: a truncated checkpoint given to convert; a text file given to export (slow: each process
+    imports torch and timm, 5 to 15 s on 2 cores, and the fuzz test gives export text files in-process)."""
     (tmp_path / 'passwd').write_text('root:x:0:0:root:/root:/bin/bash\n')
     (tmp_path / 'half.pth').write_bytes(valid_files['.pth'][:1000])
-    for argv, pattern in ((['export', 'passwd', 'out'], 'passwd is a text file'),
-                          (['convert', 'half.pth', 'out', '--model', 'resnet18'], 'truncated or damaged')):
-        done = subprocess.run([sys.executable, '-m', 'timm_sae.cli', *argv], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 1 and pattern in done.stderr and done.stderr.count('\n') == 1, done.stderr
-        assert 'Traceback' not in done.stderr and not (tmp_path / 'out').exists()
+    done = subprocess.run([sys.executable, '-m', 'timm_sae.cli', *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1 and pattern in done.stderr and done.stderr.count('\n') == 1, done.stderr
+    assert 'Traceback' not in done.stderr and not (tmp_path / 'out').exists()
 
 
 def test_two_exports_racing_for_one_folder(valid_files, tmp_path, monkeypatch):

@@ -1,20 +1,23 @@
 """timm conformance tests for the SaE family (``timm.list_models('sae*')``).
 
-Coverage. Registry, pretrained configs, twin structure, entrypoint arguments, forward + backward and
-the per-block reference check run on all 22 models. The API tests (heads, in_chans, features_only
-with hooks and fx, forward_intermediates, fx training) also run on all 22, but compare values only
-on NUMERIC, five models that hold every structural variant of the family (basic and bottleneck
-blocks, 7x7 / deep / tiered stems, avg-pool downsampling, anti-aliasing, grouped convs); the other
-17 are built on the meta device there (shapes, channels, reductions and the traced graph only).
-Gradient checkpointing and torchscript, whose cost is rebuilding and recompiling the same block
-classes at more depth or width, run on NUMERIC only. Run on all 22 with real weights, the file took
-about 4 minutes on 2 cores; this way it takes about 2.
+Coverage. Registry, pretrained configs, twin structure and entrypoint arguments run on all 22 models (on the
+meta device, each build shared). The per-block reference check, the cfg's pool size and the API tests (heads,
+in_chans, features_only with hooks and fx, forward_intermediates, fx training) run on NUMERIC, five models
+that hold every structural variant of the family (basic and bottleneck blocks, 7x7 / deep / tiered stems,
+avg-pool downsampling, anti-aliasing, grouped convs), and with ``-m slow`` on the other 17: with real weights
+for the reference check, on the meta device for the API tests (shapes, channels, reductions and the traced
+graph only). Forward + backward with real weights runs on all 22 with ``-m slow`` (fx training checks the
+same on NUMERIC in the fast suite). Gradient checkpointing and TorchScript, whose cost
+is rebuilding and recompiling the same block classes at more depth or width, run on NUMERIC, the fast suite
+on BLOCK_TYPES (a basic block and a bottleneck).
 
 Inputs are batch 1-2 at 64 px, the smallest size at which every stage keeps a 2x2 map (train-mode
-BatchNorm needs more than one value a channel). torch.compile runs on saeresnet18 with the
-``aot_eager`` backend (dynamo's trace of the blocks and autograd, in seconds); the inductor
-check spends about 20 s in C++ compilation from a cold cache, so it is marked ``slow``.
+BatchNorm needs more than one value a channel). torch.compile: the fast suite compiles one saeresnet26
+Bottleneck with the ``aot_eager`` backend (dynamo's trace of the block and autograd); the whole model with
+``aot_eager`` (15 to 35 s on 2 cores) and with inductor (about 20 s of C++ compilation from a cold cache)
+are marked ``slow``.
 """
+import functools
 from contextlib import nullcontext
 from typing import Dict, Iterator, List, Tuple, Union
 
@@ -29,8 +32,9 @@ from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 from torch.testing import assert_close
 
-from timm_sae import SqueezeAggregatedExcitation
-from timm_sae.measure import param_count, se_twin
+from conftest import fast_or_slow
+from timm_sae import SqueezeAggregatedExcitation, convert
+from timm_sae.measure import param_count
 
 FAMILY = (
     'saeresnet18', 'saeresnet34', 'saeresnet50', 'saeresnet50t', 'saeresnet101', 'saeresnet152',
@@ -42,21 +46,16 @@ FAMILY = (
 # basic block + 7x7 stem; bottleneck + 7x7 stem; deep stem + avg-pool downsampling; anti-aliasing;
 # grouped convs + tiered stem
 NUMERIC = ('saeresnet18', 'saeresnet26', 'saeresnet26d', 'saeresnetaa50d', 'saeresnext26t_32x4d')
+# a basic block and a bottleneck: gradient checkpointing and TorchScript run on the other NUMERIC models with -m slow
+BLOCK_TYPES = ('saeresnet18', 'saeresnet26')
 SIZE = 64  # input height and width
 SAE_KWARGS = dict(sae_cardinality=8, sae_rd_ratio=1. / 16, sae_residual=False)
 
 per_model = pytest.mark.parametrize('name', FAMILY)
-per_numeric_model = pytest.mark.parametrize('name', NUMERIC)
+# the whole family, the models outside NUMERIC marked slow
+per_model_numeric_fast = pytest.mark.parametrize('name', fast_or_slow(FAMILY, NUMERIC))
 
-
-@pytest.fixture(autouse=True, scope='module')
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: 64 px inputs gain nothing from more, and on a busy 2-core machine OpenMP's
-    barrier waits for a descheduled partner thread made these tests 10-50x slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def _device(name: str) -> str:
@@ -80,7 +79,9 @@ def _create(name: str, device: str = 'cpu', **kwargs) -> nn.Module:
     return model
 
 
+@functools.lru_cache(maxsize=None)
 def _meta(name: str, **kwargs) -> nn.Module:
+    """A model on the meta device, built once per arguments and shared (it holds no storage; the tests only read it)."""
     return timm.create_model(name, device='meta', **kwargs)
 
 
@@ -198,6 +199,13 @@ def test_pretrained_cfg(name: str):
     classifier = model.get_submodule(cfg.classifier)
     assert isinstance(classifier, nn.Linear) and classifier is model.get_classifier()
     assert classifier.out_features == cfg.num_classes
+
+
+@per_model_numeric_fast
+def test_pretrained_cfg_pool_size(name: str):
+    """The cfg's input size gives its pool size (a meta-device forward: its cost is one dispatch an op, seconds for
+    the deepest models, hence slow outside NUMERIC)."""
+    cfg, model = get_pretrained_cfg(name), _meta(name)
     features = model.forward_features(torch.empty(1, *cfg.input_size, device='meta'))
     assert tuple(features.shape[1:]) == (model.num_features, *cfg.pool_size)
 
@@ -209,7 +217,8 @@ def test_pretrained_cfg(name: str):
 @per_model
 def test_twin_structure(name: str):
     """Same modules, parameter names and shapes as the SE (or plain) twin, except the attention layers."""
-    sae, twin = _meta(name), _meta(se_twin(name))
+    names = convert.twins(name)
+    sae, twin = _meta(name), _meta(names.se or names.plain)
 
     def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in model.state_dict().items() if '.se.' not in k}
@@ -246,7 +255,7 @@ def test_entrypoint_kwargs_reach_the_layers(name: str):
 
 def test_attn_layer_in_block_args_is_refused():
     with pytest.raises(ValueError, match='attn_layer'):
-        _meta('saeresnet18', block_args=dict(attn_layer='se'))
+        timm.create_model('saeresnet18', device='meta', block_args=dict(attn_layer='se'))
 
 
 def test_resnet50_parameter_counts():
@@ -274,9 +283,13 @@ def test_resnet50_parameter_counts():
 # forward, backward, heads and inputs
 
 
+@pytest.mark.slow
 @per_model
 def test_forward_backward(name: str):
-    """Train-mode forward with a changed num_classes, then every parameter gets a gradient."""
+    """Train-mode forward with a changed num_classes, then every parameter gets a gradient.
+
+    Slow: with real weights; on NUMERIC the fast suite's ``test_fx_backward`` checks the same (train mode, 7
+    classes, every parameter's gradient) and that the output is eager's."""
     model = _create(name, num_classes=7).train()
     out = model(_image(batch=2))
     assert out.shape == (2, 7)
@@ -285,7 +298,7 @@ def test_forward_backward(name: str):
     assert not [n for n, p in model.named_parameters() if p.grad is None]
 
 
-@per_model
+@per_model_numeric_fast
 def test_heads_and_in_chans(name: str):
     device = _device(name)
     model = _create(name, device).eval()
@@ -323,7 +336,7 @@ def test_heads_and_in_chans(name: str):
 # feature extraction: features_only (hooks and fx), forward_intermediates, fx training
 
 
-@per_model
+@per_model_numeric_fast
 def test_features_and_intermediates(name: str):
     device = _device(name)
     model = _create(name, device).eval()
@@ -360,7 +373,7 @@ def test_features_and_intermediates(name: str):
     assert_close(selected, [intermediates[1], intermediates[3]])
 
 
-@per_model
+@per_model_numeric_fast
 @pytest.mark.filterwarnings('ignore:The nodes obtained by tracing the model in train mode are different')
 def test_fx_backward(name: str):
     """timm's fx feature extraction traces into every block's SaE layer and trains through it."""
@@ -390,7 +403,7 @@ def restore_reentrant_ckpt() -> Iterator[None]:
     set_reentrant_ckpt(saved)
 
 
-@per_numeric_model
+@pytest.mark.parametrize('name', fast_or_slow(NUMERIC, BLOCK_TYPES))
 @pytest.mark.parametrize('reentrant', [False, True])
 def test_grad_checkpointing(name: str, reentrant: bool, restore_reentrant_ckpt: None):
     """Same output and gradients with checkpointing.
@@ -414,7 +427,7 @@ def test_grad_checkpointing(name: str, reentrant: bool, restore_reentrant_ckpt: 
     assert_close(_grads(model), expected_grads, rtol=0, atol=0)
 
 
-@per_numeric_model
+@pytest.mark.parametrize('name', fast_or_slow(NUMERIC, BLOCK_TYPES))
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
 def test_torchscript(name: str):
     """Scripted and eager models agree with and without autograd (the SaE layer gates in place without).
@@ -430,15 +443,23 @@ def test_torchscript(name: str):
     _assert_close_rel(scripted(x), model(x))
 
 
-@pytest.mark.parametrize('backend', [
-    'aot_eager', pytest.param('inductor', marks=pytest.mark.slow)])
-def test_torch_compile(backend: str):
+@pytest.mark.parametrize('backend, whole', [
+    ('aot_eager', False), pytest.param('aot_eager', True, marks=pytest.mark.slow),
+    pytest.param('inductor', True, marks=pytest.mark.slow)], ids=['aot_eager-block', 'aot_eager', 'inductor'])
+def test_torch_compile(backend: str, whole: bool):
     """saeresnet26 (Bottlenecks) compiled: the same output with and without grad and the same gradients
-    as eager, in eval mode (the narrow squeeze, ``timm_sae.blocks``) and in train mode."""
+    as eager, in eval mode (the narrow squeeze, ``timm_sae.blocks``) and in train mode.
+
+    The fast suite compiles one block (layer2's first: stride 2, downsample); dynamo's trace of the whole
+    model takes 15 to 35 s on 2 cores."""
     torch._dynamo.reset()
     model = _create('saeresnet26', num_classes=7).eval()
+    if whole:
+        x = _image(batch=2)
+    else:
+        model = model.layer2[0]
+        x = torch.randn(2, model.conv1.in_channels, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(1))
     compiled = torch.compile(model, backend=backend)
-    x = _image(batch=2)
     with torch.no_grad():
         _assert_close_rel(compiled(x), model(x), 1e-4)
     if backend == 'inductor':
@@ -460,7 +481,7 @@ def test_torch_compile(backend: str):
 # every SaE layer of a built model against the paper's formula
 
 
-@pytest.mark.parametrize('name, kwargs', [(name, {}) for name in FAMILY] + [
+@pytest.mark.parametrize('name, kwargs', fast_or_slow([(name, {}) for name in FAMILY], NUMERIC, key=lambda v: v[0]) + [
     ('saeresnet18', SAE_KWARGS), ('saeresnext26t_32x4d', SAE_KWARGS)])
 def test_every_block_matches_reference(name: str, kwargs: dict):
     """Each block's SaE layer computes the formula on its captured input, and the block output is

@@ -4,9 +4,13 @@ timm's seresnet to the tools that look inside models.
 Exactness runs in float64, where the narrow and the SE form differ by rounding alone (about 1e-13), so
 the 1e-9 tolerance cannot hide a wrong formula. The reference is the same model with the SE form
 everywhere (the SaE layer squeezes its full-width input). Every architecture's blocks are checked one
-by one (each stage's first and last block, materialised from a meta-device model, so the largest
-networks cost milliseconds); whole models on five that hold every block variant, also in float32 with
-channels_last and with ``fuse_batchnorm``.
+by one (each stage's first and last block, materialised from a meta-device model); whole models on five
+that hold every block variant, also in float32 with channels_last and with ``fuse_batchnorm``.
+
+float64 convolutions and their gradients are slow on the CPU (1 to 5 s an architecture on 2 cores), so the
+fast suite checks the blocks of saeresnet18 (BasicBlock: the narrow form never runs) and saeresnetaa50d
+(anti-aliased Bottleneck) and the whole saeresnet26d (Bottleneck, deep stem, avg-pool downsampling); the
+other architectures, the same block variants deeper or wider, run with ``-m slow``.
 """
 import copy
 from typing import Callable, List
@@ -20,10 +24,12 @@ from torchvision.models.feature_extraction import create_feature_extractor as tv
 
 import timm_sae.blocks
 from timm_sae import SaEBottleneck, fuse_batchnorm
-from conftest import randomise_batchnorm
+from conftest import fast_or_slow, randomise_batchnorm
 
 FAMILY = timm.list_models('sae*')
 WHOLE_MODELS = ('saeresnet26', 'saeresnet26d', 'saeresnet50t', 'saeresnetaa50d', 'saeresnext26t_32x4d')
+FAST_BLOCKS = ('saeresnet18', 'saeresnetaa50d')
+FAST_WHOLE_MODELS = ('saeresnet26d',)
 F64_REL = 1e-9
 F32_REL = 1e-5
 
@@ -107,7 +113,7 @@ def _checked_blocks(model: nn.Module) -> List[nn.Module]:
     return [block for stage in stages for block in (stage[0], stage[-1])]
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', fast_or_slow(FAMILY, FAST_BLOCKS))
 def test_blocks_match_se_form(name: str, narrow_calls, se_form):
     """Eval-mode block outputs and the gradients of every parameter and of the input."""
     meta_model = timm.create_model(name, device='meta')
@@ -122,7 +128,7 @@ def test_blocks_match_se_form(name: str, narrow_calls, se_form):
         assert not narrow_calls  # BasicBlock: timm's own, SE form
 
 
-@pytest.mark.parametrize('name', WHOLE_MODELS)
+@pytest.mark.parametrize('name', fast_or_slow(WHOLE_MODELS, FAST_WHOLE_MODELS))
 def test_models_match_se_form(name: str, narrow_calls, se_form):
     """Eval-mode logits and all gradients (float64), channels_last and fuse_batchnorm (float32)."""
     torch.manual_seed(0)
@@ -157,13 +163,18 @@ def test_training_takes_the_se_form(compiling: bool, narrow_calls, monkeypatch):
 # the tools that look inside models, side by side with timm's seresnet
 
 
-@pytest.mark.parametrize('se_name, sae_name', [('seresnet18', 'saeresnet18'), ('seresnet50', 'saeresnet50')])
-@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+@pytest.mark.parametrize('se_name, sae_name, training', [
+    ('seresnet18', 'saeresnet18', False), pytest.param('seresnet18', 'saeresnet18', True, marks=pytest.mark.slow),
+    ('seresnext26t_32x4d', 'saeresnext26t_32x4d', False), ('seresnext26t_32x4d', 'saeresnext26t_32x4d', True),
+], ids=['eval-resnet18', 'train-resnet18', 'eval-resnext26t', 'train-resnext26t'])
 @pytest.mark.filterwarnings('ignore:The nodes obtained by tracing the model in train mode are different')
 def test_tools_see_the_sae_layer_as_they_see_se(se_name: str, sae_name: str, training: bool):
     """Forward hooks on ``.se`` fire once per block and see the gated map; torch.fx, torchvision's and
     timm's feature extractors trace the models, give the eager outputs and the ``.se`` nodes' shapes
-    of seresnet."""
+    of seresnet.
+
+    Train mode matters for the Bottleneck (it takes the SE form there); a BasicBlock runs the same code in
+    both modes, so its train-mode case is slow."""
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     shapes = {}
     for name in (se_name, sae_name):

@@ -268,6 +268,7 @@ def test_inference_py_on_hub_writes_named_predictions(scripts, data3, hub_model,
         '--results-dir', work / 'inference', '--results-file', 'hub', '--results-format', 'json',
         '--no-console-results'], env, work)
     rows = json.loads((work / 'inference' / 'hub.json').read_text())  # {filename: {index_i, label_i, prob_i}}
+    assert len(rows) == 3 * 5  # data3's validation split: 3 classes of 5 images
     assert sorted(rows) == sorted(p.name for p in (data3 / 'validation').rglob('*.png'))
     for row in rows.values():
         indices = [row[f'index_{i}'] for i in range(3)]
