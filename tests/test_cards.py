@@ -262,11 +262,10 @@ def test_conversion_card_of_a_checkpoint_without_license():
 
 @pytest.mark.parametrize('source_arch,kwargs', [('resnet18', {}), ('resnet18', dict(sae_residual=False)),
                                                 ('seresnet18', dict(sae_residual=False))])
-def test_conversion_card_states_what_convert_does(source_arch, kwargs):
+def test_conversion_card_states_what_convert_does(source_arch, kwargs, single_thread):
     """The card's claims hold for timm_sae.convert: excitation weight and bias 0 (plain source), SE's
     reduction and expansion in the first rows / columns and the other columns 0 (SE source), same logits."""
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     source = timm.create_model(source_arch, num_classes=10).eval()
     for module in source.modules():  # BatchNorm statistics other than the identity
         if isinstance(module, torch.nn.BatchNorm2d):
