@@ -19,7 +19,7 @@
 #
 # Environment:
 #   PY        python that has build and twine (default: the repository's .venv, else python3);
-#             `pip install -e '.[release]'` (the test extra includes it) provides both
+#             `pip install -e '.[release]'` provides both (.ci/run installs it)
 #   BASE_PY   python that makes the fresh venv (default: python3)
 set -euo pipefail
 
@@ -47,7 +47,7 @@ check() {
 
 for tool in build twine; do
     "$PY" -m "$tool" --version >/dev/null 2>&1 \
-        || die "$PY has no $tool: pip install -e '.[release]' (the test extra includes it), or set PY"
+        || die "$PY has no $tool: pip install -e '.[release]', or set PY"
 done
 git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 || die "$repo is not a git checkout: the build copies the files git lists"
 
