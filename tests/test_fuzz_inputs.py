@@ -243,12 +243,12 @@ def test_valid_files_of_other_architectures_and_class_counts(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('argv, pattern', [
-    (['convert', 'half.pth', 'out', '--model', 'resnet18'], 'truncated or damaged'),
+    pytest.param(['convert', 'half.pth', 'out', '--model', 'resnet18'], 'truncated or damaged', marks=pytest.mark.slow),
     pytest.param(['export', 'passwd', 'out'], 'passwd is a text file', marks=pytest.mark.slow),
 ], ids=['convert-truncated', 'export-text'])
 def test_the_cli_as_a_user_meets_it(argv, pattern, valid_files, tmp_path):
     """A real process: a truncated checkpoint given to convert; a text file given to export (slow: each process
-    imports torch and timm, 5 to 15 s on 2 cores, and the fuzz test gives export text files in-process)."""
+    imports torch and timm, 5 to 15 s on 2 cores; the fuzz test gives both kinds of file in-process)."""
     (tmp_path / 'passwd').write_text('root:x:0:0:root:/root:/bin/bash\n')
     (tmp_path / 'half.pth').write_bytes(valid_files['.pth'][:1000])
     done = subprocess.run([sys.executable, '-m', 'timm_sae.cli', *argv], cwd=tmp_path, capture_output=True,

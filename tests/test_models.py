@@ -12,10 +12,10 @@ is rebuilding and recompiling the same block classes at more depth or width, run
 on BLOCK_TYPES (a basic block and a bottleneck).
 
 Inputs are batch 1-2 at 64 px, the smallest size at which every stage keeps a 2x2 map (train-mode
-BatchNorm needs more than one value a channel). torch.compile: the fast suite compiles one saeresnet26
-Bottleneck with the ``aot_eager`` backend (dynamo's trace of the block and autograd); the whole model with
-``aot_eager`` (15 to 35 s on 2 cores) and with inductor (about 20 s of C++ compilation from a cold cache)
-are marked ``slow``.
+BatchNorm needs more than one value a channel). torch.compile runs with ``-m slow``: one
+saeresnet26 Bottleneck with the ``aot_eager`` backend (dynamo's trace of the block and autograd, 5 s), the
+whole model with ``aot_eager`` (15 to 35 s on 2 cores) and with inductor (about 20 s of C++ compilation from
+a cold cache).
 """
 import functools
 from contextlib import nullcontext
@@ -444,7 +444,7 @@ def test_torchscript(name: str):
 
 
 @pytest.mark.parametrize('backend, whole', [
-    ('aot_eager', False), pytest.param('aot_eager', True, marks=pytest.mark.slow),
+    pytest.param('aot_eager', False, marks=pytest.mark.slow), pytest.param('aot_eager', True, marks=pytest.mark.slow),
     pytest.param('inductor', True, marks=pytest.mark.slow)], ids=['aot_eager-block', 'aot_eager', 'inductor'])
 def test_torch_compile(backend: str, whole: bool):
     """saeresnet26 (Bottlenecks) compiled: the same output with and without grad and the same gradients
