@@ -4,10 +4,11 @@ Coverage. Registry, pretrained configs, twin structure and entrypoint arguments 
 meta device, each build shared). The per-block reference check, the cfg's pool size and the API tests (heads,
 in_chans, features_only with hooks and fx, forward_intermediates, fx training) run on NUMERIC, five models
 that hold every structural variant of the family (basic and bottleneck blocks, 7x7 / deep / tiered stems,
-avg-pool downsampling, anti-aliasing, grouped convs), and with ``-m slow`` on the other 17: with real weights
+avg-pool downsampling, anti-aliasing, grouped convs), three of them (FAST) in the fast suite, and with
+``-m slow`` on the other 19: with real weights
 for the reference check, on the meta device for the API tests (shapes, channels, reductions and the traced
 graph only). Forward + backward with real weights runs on all 22 with ``-m slow`` (fx training checks the
-same on NUMERIC in the fast suite). Gradient checkpointing and TorchScript, whose cost
+same on NUMERIC, FAST in the fast suite). Gradient checkpointing and TorchScript, whose cost
 is rebuilding and recompiling the same block classes at more depth or width, run on NUMERIC, the fast suite
 on BLOCK_TYPES (a basic block and a bottleneck).
 
@@ -46,14 +47,17 @@ FAMILY = (
 # basic block + 7x7 stem; bottleneck + 7x7 stem; deep stem + avg-pool downsampling; anti-aliasing;
 # grouped convs + tiered stem
 NUMERIC = ('saeresnet18', 'saeresnet26', 'saeresnet26d', 'saeresnetaa50d', 'saeresnext26t_32x4d')
+# the fast suite's share of NUMERIC: a basic block; deep stem, avg-pool downsampling and bottleneck; grouped
+# convs and tiered stem (saeresnet26 and saeresnetaa50d run with -m slow)
+FAST = ('saeresnet18', 'saeresnet26d', 'saeresnext26t_32x4d')
 # a basic block and a bottleneck: gradient checkpointing and TorchScript run on the other NUMERIC models with -m slow
 BLOCK_TYPES = ('saeresnet18', 'saeresnet26')
 SIZE = 64  # input height and width
 SAE_KWARGS = dict(sae_cardinality=8, sae_rd_ratio=1. / 16, sae_residual=False)
 
 per_model = pytest.mark.parametrize('name', FAMILY)
-# the whole family, the models outside NUMERIC marked slow
-per_model_numeric_fast = pytest.mark.parametrize('name', fast_or_slow(FAMILY, NUMERIC))
+# the whole family, the models outside FAST marked slow
+per_model_numeric_fast = pytest.mark.parametrize('name', fast_or_slow(FAMILY, FAST))
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -204,7 +208,7 @@ def test_pretrained_cfg(name: str):
 @per_model_numeric_fast
 def test_pretrained_cfg_pool_size(name: str):
     """The cfg's input size gives its pool size (a meta-device forward: its cost is one dispatch an op, seconds for
-    the deepest models, hence slow outside NUMERIC)."""
+    the deepest models, hence slow outside FAST)."""
     cfg, model = get_pretrained_cfg(name), _meta(name)
     features = model.forward_features(torch.empty(1, *cfg.input_size, device='meta'))
     assert tuple(features.shape[1:]) == (model.num_features, *cfg.pool_size)
@@ -481,7 +485,7 @@ def test_torch_compile(backend: str, whole: bool):
 # every SaE layer of a built model against the paper's formula
 
 
-@pytest.mark.parametrize('name, kwargs', fast_or_slow([(name, {}) for name in FAMILY], NUMERIC, key=lambda v: v[0]) + [
+@pytest.mark.parametrize('name, kwargs', fast_or_slow([(name, {}) for name in FAMILY], FAST, key=lambda v: v[0]) + [
     ('saeresnet18', SAE_KWARGS), ('saeresnext26t_32x4d', SAE_KWARGS)])
 def test_every_block_matches_reference(name: str, kwargs: dict):
     """Each block's SaE layer computes the formula on its captured input, and the block output is
