@@ -292,7 +292,7 @@ def test_resnet50_parameter_counts():
 def test_forward_backward(name: str):
     """Train-mode forward with a changed num_classes, then every parameter gets a gradient.
 
-    Slow: with real weights; on NUMERIC the fast suite's ``test_fx_backward`` checks the same (train mode, 7
+    Slow: with real weights; on NUMERIC ``test_fx_backward`` (fast on FAST) checks the same (train mode, 7
     classes, every parameter's gradient) and that the output is eager's."""
     model = _create(name, num_classes=7).train()
     out = model(_image(batch=2))
