@@ -60,7 +60,7 @@ from torch._inductor import utils as inductor_utils
 import timm_sae  # noqa: F401  (registers the SaE models)
 from timm_sae import SaEBottleneck
 from timm_sae.fuse import fuse_batchnorm
-from timm_sae.measure import describe, median_ratio, time_interleaved
+from timm_sae.measure import describe, median_ratio, quartiles, time_interleaved
 
 from benchmarks.common import RESULTS_DIR, command_line, environment
 from benchmarks.speed_report import compile_flags, write_tables
@@ -258,7 +258,7 @@ def peak_memory_mib(settings: Dict[str, Setting]) -> Dict[str, float]:
 
 def _spread(reference: Sequence[float], times: Sequence[float]) -> Dict[str, float]:
     """Median and quartiles over rounds of the throughput ratio ``reference[i] / times[i]``."""
-    q1, _, q3 = statistics.quantiles([r / t for r, t in zip(reference, times)], n=4, method='inclusive')
+    q1, q3 = quartiles([r / t for r, t in zip(reference, times)])
     return {'median': median_ratio(reference, times), 'q1': q1, 'q3': q3}
 
 

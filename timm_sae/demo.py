@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 from unittest import mock
 
 import huggingface_hub
@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from .convert import twins
 from .family import family_table
 from .hub import WEIGHTS_NAME, export_checkpoint
-from .measure import describe, median_ratio, time_interleaved
+from .measure import describe, median_ratio, quartiles, time_interleaved
 from .sae_resnet import HUB_ORG
 
 __all__ = ['run_demo', 'warm_start', 'EXACT_RTOL']
@@ -98,13 +98,13 @@ def run_demo(
         times = time_interleaved(
             {model_name: lambda: model(x), twin_name: lambda: twin(x)}, rounds=rounds, warmup=1)
     ratio = median_ratio(times[twin_name], times[model_name])  # t_twin / t_model: throughput ratio
-    q1, q3 = _quartiles([t / m for t, m in zip(times[twin_name], times[model_name])])
+    q1, q3 = quartiles([t / m for t, m in zip(times[twin_name], times[model_name])])
     out('')
     out(f'| model | params (M) | GMACs @ {img_size}px | ms / batch of {batch_size}, median [quartiles] of {rounds} |')
     out('|---|---:|---:|---:|')
     for name in (model_name, twin_name):
         ms = [1e3 * t for t in times[name]]
-        lo, hi = _quartiles(ms)
+        lo, hi = quartiles(ms)
         out(f"| {name} | {stats[name]['params_m']:.2f} | {stats[name]['gmacs']:.2f} | "
             f"{statistics.median(ms):.1f} [{lo:.1f}, {hi:.1f}] |")
     out(f'{model_name} / {twin_name} throughput ratio: {ratio:.3f} [quartiles {q1:.3f}, {q3:.3f}] (> 1: faster; '
@@ -116,14 +116,6 @@ def run_demo(
     ok = identical and (warm_start_error is None or warm_start_error <= EXACT_RTOL)
     return dict(ok=ok, identical=identical, warm_start_error=warm_start_error, stats=stats, times=times,
                 ratio=ratio, seconds=seconds)
-
-
-def _quartiles(values: List[float]) -> Tuple[float, float]:
-    """First and third quartile (inclusive method, as benchmarks/speed.py); one value is its own quartiles."""
-    if len(values) < 2:
-        return values[0], values[0]
-    q1, _, q3 = statistics.quantiles(values, n=4, method='inclusive')
-    return q1, q3
 
 
 def warm_start(model_name: str, x: torch.Tensor, seed: int, out: Callable[[str], None]) -> Optional[float]:

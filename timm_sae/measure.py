@@ -76,3 +76,11 @@ def time_interleaved(
 def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     """Median over rounds of numerator[i] / denominator[i]."""
     return statistics.median(n / d for n, d in zip(numerator, denominator))
+
+
+def quartiles(values: Sequence[float]) -> Tuple[float, float]:
+    """First and third quartile (``statistics.quantiles``' inclusive method); one value is its own quartiles."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method='inclusive')
+    return q1, q3
