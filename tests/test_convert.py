@@ -21,7 +21,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 import timm_sae  # noqa: F401
-from conftest import fast_or_slow, randomise_batchnorm
+from conftest import EXACT_RTOL, fast_or_slow, randomise_batchnorm
 from hub_helpers import layout_hub_cache, offline_hub_cache
 from timm_sae import convert, hub
 from timm_sae.cli import main
@@ -30,11 +30,6 @@ from timm_sae.family import family_table
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 SIZE = 64
-# max |converted logits - source logits| / max |source logits| of an exact conversion. Exact in real arithmetic;
-# in fp32 the BatchNorm divided by the gate g (plain sources), the multiply by g and the wider SaE matrices (SE
-# sources) round in their own way, and the networks carry those last-bit differences forward: measured 2e-7 to
-# 4e-7 (resnet18, resnet26d, resnet50, seresnext26d_32x4d), 1e-5 leaves room for the deepest models.
-EXACT_RTOL = 1e-5
 
 
 def _is_se_sourced(name: str) -> bool:

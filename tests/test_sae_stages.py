@@ -13,7 +13,7 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck
 
 import timm_sae  # noqa: F401
-from conftest import randomise_batchnorm
+from conftest import EXACT_RTOL, randomise_batchnorm
 from timm_sae.blocks import SaEBottleneck
 from timm_sae.cli import main
 from timm_sae.convert import ConversionError, convert_state_dict
@@ -21,7 +21,6 @@ from timm_sae.hub import export_checkpoint
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
-EXACT_RTOL = 1e-5  # an exact conversion in fp32: max |logit difference| / max |logit| at most this
 PLACEMENTS = [(1, 2), (3, 4), (4,), (2, 4)]
 
 
