@@ -1,4 +1,5 @@
 """Helpers shared by the test modules."""
+import os
 from typing import Any, Callable, Container, Iterable, Iterator, List
 
 import pytest
@@ -12,6 +13,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 # sources) round in their own way, and the networks carry those last-bit differences forward: measured 2e-7 to
 # 4e-7 (resnet18, resnet26d, resnet50, seresnext26d_32x4d), 1e-5 leaves room for the deepest models.
 EXACT_RTOL = 1e-5
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, torch's intra-op threads are the worker's share of the cores: one thread per
+    core in every worker would oversubscribe them (see ``single_thread``)."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 def fast_or_slow(values: Iterable[Any], fast: Container[str], key: Callable[[Any], str] = str) -> List[Any]:
