@@ -36,7 +36,7 @@ if [[ "$PY" == */* ]]; then  # a path: make it absolute, the tests run from a te
     PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 fi
 # test_model_load_pretrained and test_model_features_pretrained download every pretrained tag's weights from
-# the Hub (timm/resnet50.a1_in1k, ... for the conversion tags), which these machines cannot reach; the same
+# the Hub (timm/resnet50.a1_in1k, ... for the conversion tags), which an offline CI runner cannot reach; the same
 # loads (in_chans=1, num_classes=5 and 0, features_only=True) run offline in tests/test_convert.py, from a
 # Hub cache of stand-in weights laid out like timm's repositories.
 K="${TIMM_SAE_UPSTREAM_K:-sae and not test_model_load_pretrained and not test_model_features_pretrained}"
