@@ -13,7 +13,6 @@ and each block's time ratio to resnet50's is the median over rounds.
 """
 import argparse
 import datetime
-import statistics
 import sys
 from pathlib import Path
 from types import MethodType
@@ -29,7 +28,7 @@ from torch._functorch import config as functorch_config
 from torch._inductor import config as inductor_config, metrics
 
 from timm_sae import SaEBottleneck
-from timm_sae.measure import median_ratio, time_interleaved
+from timm_sae.measure import median_ratio, quartiles, time_interleaved
 
 from benchmarks.common import RESULTS_DIR, command_line, environment, write_report
 
@@ -129,8 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             steps[label] = lambda step=step: [step() for _ in range(args.calls)]
         times = time_interleaved(steps, rounds=args.rounds, warmup=2, sync=sync)
         for label in MODELS:
-            ratios = sorted(t / r for t, r in zip(times[label], times['resnet50']))
-            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            q1, q3 = quartiles([t / r for t, r in zip(times[label], times['resnet50'])])
             results[label][mode].update(time_ratio=median_ratio(times[label], times['resnet50']),
                                         time_ratio_q1=q1, time_ratio_q3=q3)
             print(mode, label, results[label][mode], flush=True)
