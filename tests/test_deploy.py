@@ -38,7 +38,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from timm_sae import SqueezeAggregatedExcitation, fuse_batchnorm
-from conftest import fast_or_slow, randomise_batchnorm
+from conftest import randomise_batchnorm
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -56,15 +56,7 @@ def _model_with_random_bn(name: str) -> nn.Module:
     return randomise_batchnorm(timm.create_model(name, num_classes=NUM_CLASSES))
 
 
-MODELS = ('saeresnet18', 'saeresnext26t_32x4d', FOLDED)
-
-
-def _slow_except(*fast: str) -> pytest.MarkDecorator:
-    """Runs the test on every model of MODELS, those not in ``fast`` marked slow."""
-    return pytest.mark.parametrize('model', fast_or_slow(MODELS, fast), indirect=True)
-
-
-@pytest.fixture(scope='module', params=MODELS)
+@pytest.fixture(scope='module', params=['saeresnet18', 'saeresnext26t_32x4d', FOLDED])
 def model(request: pytest.FixtureRequest) -> nn.Module:
     if request.param == FOLDED:
         return fuse_batchnorm(_model_with_random_bn('saeresnext26t_32x4d'), strict=True)
@@ -109,7 +101,7 @@ def _assert_match_eager(model: nn.Module, *deployed: nn.Module) -> None:
                 assert_close(module(images), expected)
 
 
-@_slow_except()
+@pytest.mark.slow
 def test_torch_export_dynamic_batch(model: nn.Module, tmp_path: Path):
     batch = torch.export.Dim('batch', min=1)
     program = torch.export.export(model, (_images(EXAMPLE_BATCH),), dynamic_shapes=({0: batch},))
@@ -139,7 +131,7 @@ def _run_onnx(session: onnxruntime.InferenceSession, images: torch.Tensor) -> to
     return torch.from_numpy(output)
 
 
-@_slow_except()
+@pytest.mark.slow
 def test_onnx_dynamo_in_onnxruntime(model: nn.Module, tmp_path: Path):
     path = tmp_path / 'model.onnx'
     torch.onnx.export(
