@@ -23,7 +23,7 @@ import timm
 from timm.models import get_pretrained_cfg
 
 import timm_sae  # noqa: F401  (registers the SaE family and its conversion tags)
-from timm_sae.convert import is_non_commercial, loads_se_weights
+from timm_sae.sae_resnet import is_non_commercial, loads_se_weights
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, update_doc_section
 

@@ -23,7 +23,7 @@ from torch import nn
 import timm_sae  # noqa: F401
 from conftest import EXACT_RTOL, fast_or_slow, randomise_batchnorm
 from hub_helpers import layout_hub_cache, offline_hub_cache
-from timm_sae import convert, hub
+from timm_sae import checkpoint, convert, hub, sae_resnet
 from timm_sae.cli import main
 from timm_sae.family import family_table
 
@@ -33,18 +33,18 @@ SIZE = 64
 
 
 def _is_se_sourced(name: str) -> bool:
-    return convert.loads_se_weights(name.split('.')[0], vars(get_pretrained_cfg(name)))
+    return sae_resnet.loads_se_weights(name.split('.')[0], vars(get_pretrained_cfg(name)))
 
 
 TAGS = timm.list_pretrained('sae*')
 SE_SOURCED = [name for name in TAGS if _is_se_sourced(name)]
 PLAIN_PAIRS = sorted({  # (SaE architecture, timm plain twin) of every conversion tag of plain weights
-    (name.split('.')[0], convert.twins(name).plain) for name in TAGS if name not in SE_SOURCED})
+    (name.split('.')[0], sae_resnet.twins(name).plain) for name in TAGS if name not in SE_SOURCED})
 SE_PAIRS = sorted(  # (SaE architecture, timm SE twin) where timm has SE weights
-    (name, convert.twins(name).se) for name in timm.list_models('sae*')
-    if convert.twins(name).se and timm.list_pretrained(f'{convert.twins(name).se}.*'))
+    (name, sae_resnet.twins(name).se) for name in timm.list_models('sae*')
+    if sae_resnet.twins(name).se and timm.list_pretrained(f'{sae_resnet.twins(name).se}.*'))
 SE_DEFAULT_TAGS = [  # (the conversion of the SE twin's default tag, the SE twin) of every architecture with one
-    (f"{name}.{convert.conversion_tag(f'{se}.{get_pretrained_cfg(se).tag}')}", se) for name, se in SE_PAIRS]
+    (f"{name}.{sae_resnet.conversion_tag(f'{se}.{get_pretrained_cfg(se).tag}')}", se) for name, se in SE_PAIRS]
 # the conversions the fast suite checks: a basic block, a bottleneck (deep stem, avg-pool downsampling) and a
 # grouped bottleneck; the other architectures hold the same block variants at more depth or width (slow)
 FAST = ('saeresnet18', 'saeresnet26d', 'saeresnext26d_32x4d')
@@ -125,7 +125,7 @@ def test_every_se_twin_fits_the_default_branches():
     Slow: a sweep of 18 pairs of meta-device builds; the fast suite converts seresnext26d_32x4d.
     """
     for name in timm.list_models('sae*'):
-        source = convert.twins(name).se
+        source = sae_resnet.twins(name).se
         if source:
             model = timm.create_model(name, sae_residual=False, device='meta')
             converted = convert.convert_state_dict(timm.create_model(source, device='meta').state_dict(), model)
@@ -189,8 +189,8 @@ def test_tag_carries_the_source_cfg(name):
     arch, tag = name.split('.')
     cfg = get_pretrained_cfg(name)
     source = cfg.hf_hub_id.split('/', 1)[1]
-    assert source.split('.')[0] == getattr(convert.twins(arch), 'se' if name in SE_SOURCED else 'plain')
-    assert tag == convert.conversion_tag(source)
+    assert source.split('.')[0] == getattr(sae_resnet.twins(arch), 'se' if name in SE_SOURCED else 'plain')
+    assert tag == sae_resnet.conversion_tag(source)
     source_cfg = get_pretrained_cfg(source)
     assert cfg.hf_hub_id == source_cfg.hf_hub_id == f'timm/{source_cfg.architecture}.{source_cfg.tag}'
     assert not cfg.url and not cfg.file
@@ -224,10 +224,10 @@ def timm_hub(tmp_path_factory):
 @pytest.mark.parametrize('name,source', [('saeresnet18', 'resnet18'), ('saeresnet26d.resnet26d_bt_in1k', 'resnet26d')])
 def test_pretrained_loads_the_conversion(timm_hub, name, source, caplog):
     cache, sources = timm_hub
-    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.sae_resnet'):
         model = timm.create_model(name, pretrained=True)
     assert _relative_error(model, sources[source]) <= EXACT_RTOL
-    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
+    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.sae_resnet']
     assert f'exact conversion of plain ResNet weights timm/{source}.' in line and '(license apache-2.0)' in line
     assert 'into the residual gate x * (1 + s)' in line and 'untrained' in line
 
@@ -269,9 +269,9 @@ def test_twenty_architectures_load_pretrained_weights():
     without = [name for name in timm.list_models('sae*') if not get_pretrained_cfg(name).has_weights]
     assert without == ['saeresnet50t', 'saeresnet269d'] and len(timm.list_models('sae*')) - len(without) == 20
     for name, se in SE_PAIRS:  # the SE twin's default tag is the default where timm has no plain weights
-        plain = convert.twins(name).plain
+        plain = sae_resnet.twins(name).plain
         expected = f'{plain}.{get_pretrained_cfg(plain).tag}' if plain else f'{se}.{get_pretrained_cfg(se).tag}'
-        assert get_pretrained_cfg(name).tag == convert.conversion_tag(expected), name
+        assert get_pretrained_cfg(name).tag == sae_resnet.conversion_tag(expected), name
 
 
 def _se_hub(root, se: str, seed: int = 0):
@@ -287,11 +287,11 @@ def _se_hub(root, se: str, seed: int = 0):
 @pytest.mark.parametrize('name,source', _fast_or_slow(SE_DEFAULT_TAGS))
 def test_se_tag_loads_the_exact_conversion_with_the_plain_gate(name, source, tmp_path, caplog):
     cache, reference = _se_hub(tmp_path, source)
-    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with offline_hub_cache(cache), caplog.at_level(logging.INFO, logger='timm_sae.sae_resnet'):
         model = timm.create_model(name, pretrained=True)
     assert not any(m.residual for m in _sae_layers(model))
     assert _relative_error(model, reference) <= EXACT_RTOL
-    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
+    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.sae_resnet']
     assert f'exact conversion of SE ResNet weights {get_pretrained_cfg(source).hf_hub_id} (license ' in line
     assert 'into the plain gate x * s (sae_residual=False), the only gate SE weights convert into exactly' in line
 
@@ -364,7 +364,7 @@ def test_fine_tuned_se_sourced_export_reloads_with_the_plain_gate(se_hub, tmp_pa
     (dict(model='seresnext26d_32x4d', pretrained=True), {}),
 ], ids=['se-default', 'se-tag', 'plain-default', 'untrained', 'file', 'given', 'not-sae'])
 def test_train_args_gate(args, expected):
-    assert convert.train_args_gate(args) == expected
+    assert checkpoint.train_args_gate(args) == expected
 
 
 def test_log_line_says_non_commercial():
@@ -372,8 +372,8 @@ def test_log_line_says_non_commercial():
     model = timm.create_model('saeresnext101_32x4d', device='meta')
     with pytest.MonkeyPatch.context() as patch:
         records = []
-        patch.setattr(convert._logger, 'info', records.append)
-        convert.pretrained_filter(timm.create_model('resnext101_32x4d', device='meta').state_dict(), model)
+        patch.setattr(sae_resnet._logger, 'info', records.append)
+        sae_resnet.pretrained_filter(timm.create_model('resnext101_32x4d', device='meta').state_dict(), model)
     assert '(license cc-by-nc-4.0: NON-COMMERCIAL use only)' in records[0]
     assert 'timm/resnext101_32x4d.fb_ssl_yfcc100m_ft_in1k' in records[0]
 
@@ -382,11 +382,11 @@ def test_log_line_names_a_local_file(timm_hub, tmp_path, caplog):
     """timm loads file before hf_hub_id: the line names the file, not the tag's repository."""
     _, sources = timm_hub
     torch.save(sources['resnet18'].state_dict(), tmp_path / 'r18.pth')
-    with caplog.at_level(logging.INFO, logger='timm_sae.convert'):
+    with caplog.at_level(logging.INFO, logger='timm_sae.sae_resnet'):
         model = timm.create_model('saeresnet18', pretrained=True, pretrained_cfg_overlay=dict(
             file=str(tmp_path / 'r18.pth')))
     assert _relative_error(model, sources['resnet18']) <= EXACT_RTOL
-    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.convert']
+    (line,) = [r.getMessage() for r in caplog.records if r.name == 'timm_sae.sae_resnet']
     assert f'plain ResNet weights file {tmp_path / "r18.pth"} (license: that of the source' in line
     assert 'timm/' not in line
 

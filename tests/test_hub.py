@@ -2,6 +2,8 @@
 import argparse
 import fractions
 import hashlib
+import importlib
+import importlib.util
 import json
 from fnmatch import fnmatch
 from pathlib import Path
@@ -17,11 +19,12 @@ from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401
 from hub_helpers import layout_hub_cache, offline_hub_cache
-from timm_sae import hub
+from timm_sae import errors, hub
 from timm_sae.cli import main
-from timm_sae.convert import SAE_PAPER_ID, Twins, twins
+from timm_sae.sae_resnet import SAE_PAPER_ID, Twins, twins
 from timm_sae.family import family_table
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = (2, 3, 32, 32)
 # (architecture, non-default SaE arguments): a ResNet and a ResNeXt (slow; tests/test_transformers.py exports one too)
 TWINS = [
@@ -185,7 +188,7 @@ def test_nonfinite_weights_named_and_refused_unless_allowed(weights, tmp_path, c
     assert err.count('\n') == 1 and not (tmp_path / 'out').exists()
     assert '2 of 154 tensors hold NaN or inf: conv1.weight (1 inf of 9408), fc.bias (3 NaN of 3)' in err
     assert '--allow-nonfinite' in err
-    with caplog.at_level('WARNING', logger='timm_sae.weights_file'):
+    with caplog.at_level('WARNING', logger='timm_sae.checkpoint'):
         assert main(['export', str(tmp_path / 'diverged.pth'), str(tmp_path / 'out'), '--model', 'saeresnet18',
                      '--allow-nonfinite']) == 0
     assert 'fc.bias (3 NaN of 3)' in caplog.text
@@ -366,3 +369,36 @@ def test_demo_command(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "timm.create_model('hf-hub:" in out and 'bit-identical' in out and 'relative logit difference' in out
     assert '\n| saeresnet18 | ' in out and '\n| seresnet18 | ' in out
+
+
+def test_export_goes_one_way(weights, tmp_path):
+    """timm-sae export enters each package module once, in one direction (.ci/export_path.py prints the path)."""
+    spec = importlib.util.spec_from_file_location('export_path', REPO_ROOT / '.ci' / 'export_path.py')
+    export_path = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_path)
+    _, path = weights
+    stops = export_path.trace(
+        lambda: main(['export', str(path), str(tmp_path / 'out'), '--model', 'saeresnet18']),
+        Path(timm_sae.__file__).parent)
+    path = export_path.counted(stops)
+    assert path == ['cli', 'hub', 'checkpoint', 'measure', 'cards', 'hub'], stops
+    assert len(path) <= 6 and export_path.returns(path) <= 2
+
+
+@pytest.mark.parametrize('name,module', [
+    ('conversion_tag', 'sae_resnet'), ('pretrained_filter', 'sae_resnet'), ('SAE_PAPER_ID', 'sae_resnet'),
+    ('train_args_gate', 'checkpoint'),
+])
+def test_moved_names_warn_for_one_release(name, module):
+    from timm_sae import convert
+    with pytest.warns(DeprecationWarning, match=f'import it from timm_sae.{module}'):
+        moved = getattr(convert, name)
+    assert moved is getattr(importlib.import_module(f'timm_sae.{module}'), name)
+    with pytest.raises(AttributeError):
+        getattr(convert, 'no_such_name')
+
+
+def test_cli_catches_every_timm_sae_error():
+    """One family of exceptions: every class of timm_sae.errors derives from TimmSaeError."""
+    classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
+    assert len(classes) == 8 and all(issubclass(c, errors.TimmSaeError) for c in classes)

@@ -34,7 +34,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from conftest import fast_or_slow
-from timm_sae import SqueezeAggregatedExcitation, convert
+from timm_sae import SqueezeAggregatedExcitation, sae_resnet
 from timm_sae.measure import param_count
 
 FAMILY = (
@@ -221,7 +221,7 @@ def test_pretrained_cfg_pool_size(name: str):
 @per_model
 def test_twin_structure(name: str):
     """Same modules, parameter names and shapes as the SE (or plain) twin, except the attention layers."""
-    names = convert.twins(name)
+    names = sae_resnet.twins(name)
     sae, twin = _meta(name), _meta(names.se or names.plain)
 
     def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:

@@ -13,18 +13,18 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type, TypeVar, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, TypeVar, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
 
-from .convert import twins
-from .sae_resnet import HUB_ORG
+from .errors import CardError
+from .sae_resnet import HUB_ORG, twins
 
 __all__ = [
     'RESULTS_NAME', 'CARD_NAME', 'CardError', 'Dataset', 'Source', 'ExportInfo', 'Results', 'load_results',
-    'check_results', 'check_results_match', 'render_card', 'write_card',
+    'check_results', 'check_results_match', 'render_card', 'export_card', 'write_card',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -45,10 +45,6 @@ METRIC_TYPES = {
 }
 ARXIV_ID = re.compile(r'(?:arxiv:)?(\d{4}\.\d{4,5}(?:v\d+)?)', re.IGNORECASE)
 Number = Union[int, float]
-
-
-class CardError(ValueError):
-    """A results file, card record or card folder that does not hold to the schema; the message says what to fix."""
 
 
 R = TypeVar('R')
@@ -244,6 +240,25 @@ def render_card(info: Union[Results, ExportInfo], name: Optional[str] = None, fo
             f'[`{source.name}`](https://huggingface.co/{source.hf_hub_id})' if source.hf_hub_id else f'`{source.name}`'),
         source_papers=[ARXIV_ID.fullmatch(p).group(1) for p in source.paper_ids] if source else [])
     return str(card)
+
+
+def export_card(
+        model: str, params: int, gmacs: float, input_size: Tuple[int, ...], num_classes: int,
+        model_args: Dict[str, Any], folder: Path, results: Union[None, PathLike, Results] = None,
+        source: Optional[Source] = None, license: Optional[str] = None) -> Tuple[str, Optional[Results]]:
+    """The card of an export to ``folder``, and its results if any.
+
+    ``results`` (a ``Results`` or a results file, checked against the model) give the card of a published tag;
+    otherwise the card is that of an ``ExportInfo`` (an exact conversion of ``source``, or weights of ``license``).
+    """
+    if results is not None:
+        results = results if isinstance(results, Results) else load_results(results)
+        check_results_match(results, model, params, model_args)
+        return render_card(results), results  # the card hub_cards/<arch>.<tag>/README.md holds
+    info = ExportInfo(
+        model=model, params=params, img_size=list(input_size[1:]), gmacs=round(gmacs, 3), in_chans=input_size[0],
+        num_classes=num_classes, model_args=model_args, source=source, license=None if source else license)
+    return render_card(info, name=folder.name, folder=folder.name if folder.is_absolute() else str(folder)), None
 
 
 def write_card(folder: PathLike) -> Path:

@@ -6,11 +6,12 @@ from typing import List, Optional
 from timm.utils import ParseKwargs
 
 from . import __version__
-from .cards import CardError, write_card
+from .cards import write_card
 from .demo import run_demo
+from .errors import ScriptNotFoundError, TimmSaeError
 from .family import family_table
-from .hub import HubError, export_checkpoint, export_conversion, push_folder
-from .run import ScriptNotFoundError, run_script
+from .hub import export_checkpoint, export_conversion, push_folder
+from .run import run_script
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -145,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (HubError, CardError, ScriptNotFoundError) as e:
+    except TimmSaeError as e:
         print(f'timm-sae {args.command}: error: {e}', file=sys.stderr)
         return 2 if isinstance(e, ScriptNotFoundError) else 1
 

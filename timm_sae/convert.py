@@ -17,42 +17,28 @@ An SaE block (see ``timm_sae.squeeze_aggregated_excite``) computes ``shortcut + 
   needs ``k * d >= r`` (k branches of width d: C/8 >= C/16 with the defaults). An SE source cannot become a
   residual-gate SaE exactly (``1 + s > 1 > s``).
 
-``convert_state_dict`` does either for any model of the family; ``pretrained_filter`` is the
-``pretrained_filter_fn`` the entrypoints give timm, so that tags whose ``hf_hub_id`` is timm's source weights
-(``conversion_cfgs``) convert while loading. SaE weights pass through unchanged. ``pretrained_gate`` picks the
-gate a model is built with: the plain one where ``pretrained=True`` loads SE weights.
+``convert_state_dict`` does either for any model of the family; SaE weights pass through unchanged. The rules of
+loading pretrained weights (which weights a tag loads, the gate it builds, the filter that converts while timm
+loads) sit beside the entrypoints in ``timm_sae.sae_resnet``.
 """
-import dataclasses
-import logging
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+import importlib
+import warnings
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-import timm
 import torch
-from timm.models import (
-    PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg, resolve_pretrained_cfg, split_model_name_tag)
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from .errors import ConversionError, some_names, state_dict_mismatch
+from .sae_resnet import twins
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
-__all__ = [
-    'SAE_PAPER_ID', 'ConversionError', 'source_kind', 'Twins', 'twins', 'convert_state_dict',
-    'pretrained_filter', 'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs', 'conversion_tag',
-    'no_weights_error', 'weights_location', 'loads_se_weights', 'is_non_commercial', 'pretrained_gate',
-    'train_args_gate',
-]
+__all__ = ['ConversionError', 'source_kind', 'convert_state_dict']
 
-_logger = logging.getLogger(__name__)
-
-SAE_PAPER_ID = 'arXiv:2308.13343'
 EXCITATION_BIAS = 0.  # s = sigmoid(0) = 1/2: the gate's steepest point, and 1 + s = 3/2 is exact in floating point
 
 _SAE_KEY = '.se.fc_branches.weight'
 _SE_KEY = '.se.fc1.weight'
-
-
-class ConversionError(ValueError):
-    """Weights that cannot be converted exactly into the model; the message says what would fit."""
 
 
 def source_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -63,26 +49,6 @@ def source_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
         return 'se'
     return 'plain'
 
-
-class Twins(NamedTuple):
-    """One architecture of the family under its three names; ``None`` where that model does not exist."""
-    plain: Optional[str]  # timm's plain ResNet, e.g. resnet50
-    se: Optional[str]  # timm's SE ResNet, e.g. seresnet50 (saeresnet26 has none)
-    sae: Optional[str]  # timm-sae's SaE ResNet, e.g. saeresnet50
-
-
-def twins(name: str) -> Twins:
-    """The family's names of an architecture given by any of them (a tag is dropped): ``twins('seresnet50')`` is
-    ``Twins('resnet50', 'seresnet50', 'saeresnet50')``. A timm name without an SaE twin gives all ``None``; an SaE
-    name is taken as given (``default_cfgs`` are made before the entrypoints are registered)."""
-    arch = split_model_name_tag(name)[0]
-    bases = [arch[3:]] if arch.startswith('sae') else [
-        arch[len(p):] for p in ('se', '') if arch.startswith(p) and timm.is_model(f'sae{arch[len(p):]}')]
-    for base in bases:
-        names = Twins(*(n if timm.is_model(n) else None for n in (base, f'se{base}')), f'sae{base}')
-        if arch in names:
-            return names
-    return Twins(None, None, None)
 
 
 def _sae_blocks(model: nn.Module) -> List[Tuple[str, str, SqueezeAggregatedExcitation]]:
@@ -103,39 +69,6 @@ def _fits(model: nn.Module) -> str:
         options.append(f'timm\'s {se} (SE, with sae_residual=False)')
     fits = ' or '.join(options) or 'no timm model: timm has neither a plain nor an SE twin of it'
     return f'{arch} converts from {fits}, built with the same num_classes / in_chans'
-
-
-def some_names(names: Sequence[str], limit: int = 5) -> str:
-    """The first few names of a list, and how many more there are."""
-    shown = ', '.join(names[:limit])
-    return f'{shown} (+{len(names) - limit} more)' if len(names) > limit else shown
-
-
-def state_dict_mismatch(
-        expected: Mapping[str, torch.Tensor],
-        given: Mapping[str, torch.Tensor],
-        ignore: Iterable[str] = (),
-) -> str:
-    """How ``given`` differs from ``expected`` in keys and shapes ('N missing (...); N mis-shaped (...)'), '' when
-    it fits. Keys in ``ignore`` may differ in shape or be absent on either side."""
-    ignore = set(ignore)
-    missing = sorted(k for k in expected.keys() - given.keys() if k not in ignore)
-    unexpected = sorted(k for k in given.keys() - expected.keys() if k not in ignore)
-    misshaped = sorted(
-        f'{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}'
-        for k in expected.keys() & given.keys() - ignore if given[k].shape != expected[k].shape)
-    return '; '.join(
-        f'{len(names)} {what} ({some_names(names)})'
-        for what, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names)
-
-
-def _adaptable_keys(model: nn.Module) -> List[str]:
-    """State dict keys of the classifier and first conv named by the model's pretrained cfg."""
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    names = []
-    for entry in (cfg.get('classifier'), cfg.get('first_conv')):
-        names += [entry] if isinstance(entry, str) else list(entry or ())
-    return [f'{name}.{p}' for name in names for p in ('weight', 'bias')]
 
 
 def convert_state_dict(
@@ -216,163 +149,20 @@ def convert_state_dict(
     return converted
 
 
-def weights_location(cfg: Mapping[str, Any]) -> str:
-    """The weights timm loads for a pretrained cfg, in timm's order (state_dict > file > hf_hub_id > url)."""
-    hub = _hub_weights(cfg)
-    if hub:
-        return hub
-    if cfg.get('state_dict') is not None:
-        return 'the state dict given in the pretrained cfg'
-    return f"file {cfg['file']}" if cfg.get('file') else cfg.get('url') or 'no weights'
+# names that moved to the module of their one job after 0.1.0; importing them from here warns, for one release
+_MOVED = {
+    **dict.fromkeys((
+        'SAE_PAPER_ID', 'Twins', 'conversion_tag', 'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs',
+        'pretrained_filter', 'pretrained_gate', 'no_weights_error', 'weights_location', 'loads_se_weights',
+        'is_non_commercial'), 'sae_resnet'),
+    'train_args_gate': 'checkpoint',
+}
 
 
-def _hub_weights(cfg: Mapping[str, Any]) -> Optional[str]:
-    """The Hub repository timm loads the cfg's weights from; None where a state dict or file comes first."""
-    if cfg.get('source') == 'hf-hub':
-        return cfg.get('hf_hub_id')
-    if cfg.get('source') == 'local-dir' or cfg.get('state_dict') is not None or cfg.get('file'):
-        return None
-    return cfg.get('hf_hub_id')
-
-
-def loads_se_weights(sae_arch: str, cfg: Mapping[str, Any]) -> bool:
-    """Whether timm loads the cfg's weights from a repository of the SE twin's weights (``timm/seresnet50.a1_in1k``)."""
-    hub, se = _hub_weights(cfg), twins(sae_arch).se
-    return bool(hub and se) and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
-
-
-def is_non_commercial(license: Optional[str]) -> bool:
-    """Whether a Hub license id forbids commercial use (``cc-by-nc-4.0``, ``cc-by-nc-sa-4.0``, ...)."""
-    return '-nc' in (license or '').lower()
-
-
-def _license_note(cfg: Mapping[str, Any]) -> str:
-    """The license of the loaded weights as the cfg knows it, saying so where it forbids commercial use."""
-    if not _hub_weights(cfg) and not cfg.get('url'):
-        return 'license: that of the source of these weights'
-    license = cfg.get('license')
-    return f'license {license or "not stated"}' + (': NON-COMMERCIAL use only' if is_non_commercial(license) else '')
-
-
-def _gate_note(kind: str, residual: bool) -> str:
-    """Which gate the model was built with, and why."""
-    if kind == 'se':
-        return 'the plain gate x * s (sae_residual=False), the only gate SE weights convert into exactly'
-    return ('the residual gate x * (1 + s) (sae_residual=True, SaE\'s own)' if residual else
-            'the plain gate x * s (sae_residual=False, as asked)')
-
-
-def pretrained_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: convert plain or SE weights while loading, logging what was loaded.
-
-    The log line names the weights timm loaded (``weights_location``), their license, and the gate built.
-    """
-    kind = source_kind(state_dict)
-    if kind == 'sae':
-        return state_dict
-    converted = convert_state_dict(state_dict, model, adaptable=_adaptable_keys(model))
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    residual = _sae_blocks(model)[0][2].residual
-    trained = ('SE\'s layers fill the first SaE branches, the other branches train when fine-tuned' if kind == 'se'
-               else 'its SaE layers are untrained until fine-tuned')
-    _logger.info(
-        f'{cfg.get("architecture", "SaE model")}: exact conversion of {"SE" if kind == "se" else kind} ResNet weights '
-        f'{weights_location(cfg)} ({_license_note(cfg)}) into {_gate_note(kind, residual)}; the model computes the '
-        f'source\'s function, {trained}')
-    return converted
-
-
-def pretrained_gate(
-        variant: str,
-        sae_residual: Optional[bool],
-        pretrained: bool,
-        pretrained_cfg: Optional[Union[str, Dict[str, Any], PretrainedCfg]] = None,
-        pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
-) -> bool:
-    """The ``sae_residual`` to build ``variant`` with: as given, else False where ``pretrained=True`` loads SE weights
-    (the only gate they convert into exactly), else True.
-
-    Raises:
-        RuntimeError: ``pretrained=True`` and the cfg names no weights (``no_weights_error``).
-        ConversionError: ``sae_residual=True`` with SE weights.
-    """
-    if not pretrained:
-        return sae_residual is not False
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
-    if not (cfg.has_weights or cfg.state_dict):
-        raise no_weights_error(variant)
-    if not loads_se_weights(variant, vars(cfg)):
-        return sae_residual is not False
-    if sae_residual:
-        plain = [name for name in timm.list_pretrained(f'{variant}.*')
-                 if not loads_se_weights(variant, vars(get_pretrained_cfg(name)))]
-        raise ConversionError(
-            f'{variant}.{cfg.tag} loads SE weights ({weights_location(vars(cfg))}), which convert exactly only into '
-            f'the plain gate x * s (SE\'s gate s < 1 < 1 + s): leave sae_residual unset or False'
-            + (f', or load plain weights for the residual gate ({some_names(plain)})' if plain else ''))
-    return False
-
-
-def train_args_gate(args: Mapping[str, Any]) -> Dict[str, bool]:
-    """``{'sae_residual': False}`` where timm's train.py with these ``args`` built the plain gate without being told
-    (``--pretrained`` on a tag of SE weights), else ``{}``: what rebuilding its checkpoint needs."""
-    if not args.get('pretrained') or args.get('pretrained_path') or 'sae_residual' in (args.get('model_kwargs') or {}):
-        return {}
-    arch = split_model_name_tag(args.get('model') or '')[0]
-    cfg = get_pretrained_cfg(args['model']) if arch in timm.list_models(module='sae_resnet') else None
-    return {'sae_residual': False} if cfg is not None and loads_se_weights(arch, vars(cfg)) else {}
-
-
-def conversion_tag(source: str) -> str:
-    """The SaE tag of a timm source ``arch.tag``: ``resnet50.a1_in1k`` -> ``resnet50_a1_in1k``."""
-    return source.replace('.', '_')
-
-
-def converted_cfg(source_cfg: Mapping[str, Any], source_name: str) -> Dict[str, Any]:
-    """The pretrained cfg of the SaE conversion of the weights ``source_name`` whose cfg is ``source_cfg``.
-
-    The source's preprocessing, classes, license, pool size and ``hf_hub_id``, with both papers and a description
-    saying what the weights are.
-    """
-    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
-    cfg = {k: v for k, v in source_cfg.items() if k in fields and v is not None}
-    for key in ('url', 'file', 'state_dict', 'source', 'architecture', 'tag', 'custom_load'):
-        cfg.pop(key, None)
-    papers = cfg.get('paper_ids') or ()
-    cfg['paper_ids'] = (SAE_PAPER_ID, *((papers,) if isinstance(papers, str) else papers))
-    if (source_cfg.get('architecture') or '').startswith('se'):
-        cfg['description'] = (
-            f'Exact conversion of {source_name} (SE) to SaE with the plain gate x * s (sae_residual=False): the '
-            f'source\'s function, SE\'s layers in the first SaE branches, the other branches untrained')
-    else:
-        cfg['description'] = f'Exact conversion of {source_name} to SaE: the source\'s function, SaE layers untrained'
-    return cfg
-
-
-def conversion_cfgs(sae_arch: str, source_arch: str) -> Dict[str, Dict[str, Any]]:
-    """Pretrained cfgs ``{sae_arch}.{conversion_tag}`` for every weight tag timm has on the Hub for ``source_arch``.
-
-    The source's default tag comes first, so that its conversion becomes the SaE architecture's default.
-    """
-    default = get_pretrained_cfg(source_arch).tag
-    sources = sorted(get_arch_pretrained_cfgs(source_arch).values(), key=lambda c: c.tag != default)
-    return {
-        f'{sae_arch}.{conversion_tag(f"{source_arch}.{c.tag}")}': converted_cfg(c.to_dict(), f'timm\'s {source_arch}.{c.tag}')
-        for c in sources if c.hf_hub_id}
-
-
-def twin_conversion_cfgs(sae_arch: str) -> Dict[str, Dict[str, Any]]:
-    """``conversion_cfgs`` of timm's plain twin, then of its SE twin: a plain source's default tag stays the default,
-    and an SE source's default tag is the default where timm has no plain weights."""
-    return {k: v for source in twins(sae_arch)[:2] if source
-            for k, v in conversion_cfgs(sae_arch, source).items()}
-
-
-def no_weights_error(sae_arch: str) -> RuntimeError:
-    """The error of ``pretrained=True`` with a cfg that names no weights: which tags have them, if any."""
-    tags = timm.list_pretrained(f'{sae_arch}.*')
-    if tags:
-        return RuntimeError(f'the pretrained cfg of {sae_arch} names no weights; its tags with weights: {some_names(tags)}')
-    return RuntimeError(
-        f'{sae_arch} has no pretrained weights: timm has no weights of its plain or SE twin to convert; '
-        f'use pretrained=False')
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    module = _MOVED[name]
+    warnings.warn(
+        f'timm_sae.convert.{name} is deprecated: import it from timm_sae.{module}', DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(f'timm_sae.{module}'), name)

@@ -24,11 +24,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from .convert import twins
 from .family import family_table
 from .hub import WEIGHTS_NAME, export_checkpoint
 from .measure import describe, median_ratio, quartiles, time_interleaved
-from .sae_resnet import HUB_ORG
+from .sae_resnet import HUB_ORG, twins
 
 __all__ = ['run_demo', 'warm_start', 'EXACT_RTOL']
 

@@ -5,8 +5,8 @@ from typing import Any, List, Mapping
 import timm
 from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
 
-from .convert import conversion_tag, is_non_commercial, twins
 from .measure import describe
+from .sae_resnet import conversion_tag, is_non_commercial, twins
 
 __all__ = ['family_table', 'tag_weights']
 

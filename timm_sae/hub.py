@@ -6,7 +6,11 @@ timm_sae``, ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` rebuilds t
 ``push_folder`` uploads it the way ``timm.models.push_to_hf_hub`` does (a README already on the Hub is kept).
 Once a tag's weights are on the Hub, register it in ``default_cfgs`` of ``sae_resnet.py`` with its full
 ``hf_hub_id`` (timm completes only ``'timm/'``) and commit ``hub_cards/<arch>.<tag>/`` beside it.
-Checkpoints are read by ``timm_sae.weights_file``, which tells a file's kind by its bytes and never unpickles freely.
+
+An export goes one way: the target folder is checked, the model and what the folder says of it are read once
+(``timm_sae.checkpoint``, which never unpickles freely), its parameters and GMACs counted on the meta device
+(``timm_sae.measure``), its card rendered (``timm_sae.cards``), and the folder written under a temporary name and
+renamed into place.
 """
 import inspect
 import json
@@ -14,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -22,17 +26,18 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 from timm.data.model_config import resolve_input_data_config
-from timm.models import get_pretrained_cfg, save_for_hf, split_model_name_tag
+from timm.models import save_for_hf, split_model_name_tag
 from timm.models.resnet import ResNet
 
 from . import cards
 from .cards import CARD_NAME
-from .convert import (
-    SAE_PAPER_ID, converted_cfg, some_names, source_kind, state_dict_mismatch, train_args_gate, twins)
-from .errors import CheckpointError, HubError, PushError, first_line
-from .measure import describe, param_count
-from .sae_resnet import _create_saeresnet
-from .weights_file import Checkpoint, check_finite, read_checkpoint
+from .checkpoint import (
+    DESCRIPTIVE_CFG_KEYS, Checkpoint, Export, check_finite, implied_model, model_from_checkpoint,
+    read_checkpoint, read_conversion_source, read_export, sae_target)
+from .convert import source_kind
+from .errors import CheckpointError, HubError, PushError, first_line, some_names
+from .measure import gmacs, param_count
+from .sae_resnet import SAE_PAPER_ID, converted_cfg, sae_model_args
 
 __all__ = [
     'CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'HubError', 'CheckpointError', 'PushError', 'Checkpoint',
@@ -46,139 +51,34 @@ CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
 EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 
-# pretrained cfg fields that describe particular weights rather than the architecture and its preprocessing
-_DESCRIPTIVE_CFG_KEYS = ('tag', 'description', 'notes', 'license', 'paper_ids', 'paper_name', 'origin_url')
 
-
-def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The SaE entrypoint arguments (``sae_*``): their defaults updated with ``model_kwargs``; ``sae_residual``
-    unset is True, the gate of a model that loads no SE weights while built."""
-    defaults = {
-        name: p.default for name, p in inspect.signature(_create_saeresnet).parameters.items()
-        if name.startswith('sae_')}
-    args = {**defaults, **{k: v for k, v in (model_kwargs or {}).items() if k.startswith('sae_')}}
-    return {**args, 'sae_residual': args['sae_residual'] is not False}
-
-
-def implied_model(checkpoint: Checkpoint, model_name: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
-    """The architecture (a timm model, tag dropped) and ``create_model`` arguments a checkpoint's weights imply.
-
-    The architecture is ``model_name``, else train.py's ``--model``, else the checkpoint's ``arch``. train.py's
-    ``--model-kwargs`` and ``--gp`` come along; ``num_classes`` and ``in_chans`` are train.py's, else what the
-    shapes of the classifier and first conv weights give (0 classes without a classifier).
-    """
-    args = checkpoint.args
-    name = model_name or args.get('model') or checkpoint.arch
-    if not name:
-        raise CheckpointError('the checkpoint does not name its architecture; give it with --model (timm-sae list)')
-    arch = _timm_arch(name)
-    cfg, weights = get_pretrained_cfg(arch), checkpoint.state_dict
-    head, stem = weights.get(f'{cfg.classifier}.weight'), weights.get(f'{cfg.first_conv}.weight')
-    kwargs = {**(args.get('model_kwargs') or {}), **({'global_pool': args['gp']} if args.get('gp') else {})}
-    kwargs['num_classes'] = next(n for n in (
-        args.get('num_classes'), head.shape[0] if head is not None and head.dim() == 2 else 0) if n is not None)
-    kwargs['in_chans'] = next(n for n in (
-        args.get('in_chans'), stem.shape[1] if stem is not None and stem.dim() == 4 else cfg.input_size[0])
-        if n is not None)
-    return arch, kwargs
-
-
-def _timm_arch(name: str) -> str:
-    """The architecture of a timm model name (tag dropped); ``CheckpointError`` unless timm has it."""
-    arch = split_model_name_tag(name)[0]
-    if not timm.is_model(arch):
-        raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
-    return arch
-
-
-def _check_fit(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
-    """``CheckpointError`` naming missing, unexpected and mis-shaped keys unless ``weights`` fit ``model``."""
-    problems = state_dict_mismatch(model.state_dict(), weights)
-    if problems:
-        raise CheckpointError(f'the weights do not fit {what}: {problems}; {fix}')
-
-
-def model_from_checkpoint(
-        checkpoint: Checkpoint, model_name: Optional[str] = None, num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
-    """The SaE model the checkpoint's weights belong to, with those weights.
-
-    Each setting comes from the arguments, else from what the checkpoint implies (``implied_model``). The model
-    is built on the meta device and takes the checkpoint's tensors as they are (dtype included).
-    """
-    arch, kwargs = implied_model(checkpoint, model_name)
-    if twins(arch).sae != arch:
-        raise CheckpointError(f'{arch} is not an SaE model; give the architecture with --model (timm-sae list)')
-    kwargs.update(model_kwargs or {})
-    kwargs.update({k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None})
-    try:
-        # the registry tag's description, license and papers are not these weights'
-        model = timm.create_model(
-            arch, device='meta', pretrained_cfg_overlay=dict.fromkeys(_DESCRIPTIVE_CFG_KEYS), **kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f'{arch} cannot be built with {kwargs}: {first_line(e)}') from e
-    what = f'{arch}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
-    _check_fit(model, checkpoint.state_dict, what,
-               'name the architecture with --model and its arguments with --num-classes / --in-chans / --model-kwargs')
-    try:
-        model.load_state_dict(checkpoint.state_dict, assign=True)
-    except (RuntimeError, ValueError) as e:  # e.g. integer tensors where the model has parameters
-        raise CheckpointError(f'the weights do not load into {what}: {first_line(e)}') from e
-    return model.eval()
-
-
-def _label_names(path: PathLike, num_classes: int) -> List[str]:
-    """Class names from a JSON list or a text file with one name a line; one name a class."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding='utf-8')
-        names = json.loads(text) if path.suffix == '.json' else [n.strip() for n in text.splitlines() if n.strip()]
-    except OSError as e:
-        raise CheckpointError(f'cannot read label names from {path}: {e.strerror}') from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f'{path} is not JSON: {e}') from e
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f'{path} must hold a JSON list of strings, or one name a line')
-    if len(names) != num_classes:
-        raise CheckpointError(f'{path} has {len(names)} label names for {num_classes} classes; give one a class')
-    return names
-
-
-def save_export(
-        model: torch.nn.Module, output_dir: PathLike, model_args: Optional[Mapping[str, Any]] = None,
-        data_config: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None,
-        results: Optional[cards.Results] = None, source: Optional[cards.Source] = None, license: Optional[str] = None,
-        overwrite: bool = False) -> Path:
-    """Write ``model`` as a Hub folder: ``model.safetensors``, ``config.json`` (``save_for_hf``), ``README.md``.
-
-    The folder is written under a temporary name beside ``output_dir`` and renamed into place, so a failure leaves
-    nothing behind; an existing ``output_dir`` is replaced only with ``overwrite``. ``results`` (a results file,
-    ``timm_sae.cards``) go into the card and must describe ``model``. ``source`` marks an exact conversion
-    (``export_conversion``), whose pretrained cfg (``timm_sae.convert.converted_cfg``) describes the weights;
-    otherwise a registry tag's description, license and papers are replaced by the SaE paper and ``license``
-    (default: the results', else apache-2.0).
-    """
+def _export(
+        load: Callable[[], Export], output_dir: PathLike, overwrite: bool,
+        results: Union[None, PathLike, cards.Results] = None) -> Path:
+    """Write the model that ``load`` gives as a Hub folder, ``load`` called once the target is known to be free."""
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
-    arch, sae_args = model.pretrained_cfg['architecture'], sae_model_args(model_args)
+    export = load()
+    model = export.model
+    arch, sae_args = model.pretrained_cfg['architecture'], sae_model_args(export.model_args)
+    input_size = tuple(resolve_input_data_config(model, args=export.data_config)['input_size'])
     params = param_count(model)
-    input_size = tuple(resolve_input_data_config(model, args=dict(data_config or {}))['input_size'])
+    card, results = cards.export_card(
+        arch, params, gmacs(model, input_size), input_size, model.num_classes, sae_args, output_dir, results,
+        export.source, export.license)
     cfg: Dict[str, Any] = {}  # what config.json's pretrained_cfg says of these weights instead of the model's cfg
-    if source is None:
-        cfg = {k: None for k in _DESCRIPTIVE_CFG_KEYS if model.pretrained_cfg.get(k) is not None}
-        cfg.update(paper_ids=SAE_PAPER_ID, license=(results and results.license) or license or 'apache-2.0')
+    if export.source is None:
+        cfg = {k: None for k in DESCRIPTIVE_CFG_KEYS if model.pretrained_cfg.get(k) is not None}
+        cfg.update(paper_ids=SAE_PAPER_ID, license=(results and results.license) or export.license or 'apache-2.0')
     if results is not None:
-        cards.check_results_match(results, arch, params, sae_args)
         cfg['tag'] = results.tag
-        card = cards.render_card(results)  # the card hub_cards/<arch>.<tag>/README.md holds
-    else:
-        gmacs = describe(arch, input_size, **{**(model_args or {}), 'num_classes': model.num_classes,
-                                              'in_chans': input_size[0]})['gmacs']  # on the meta device: no compute
-        info = cards.ExportInfo(
-            model=arch, params=params, img_size=list(input_size[1:]), gmacs=round(gmacs, 3), in_chans=input_size[0],
-            num_classes=model.num_classes, model_args=sae_args, source=source, license=None if source else license)
-        card = cards.render_card(
-            info, name=output_dir.name, folder=output_dir.name if output_dir.is_absolute() else str(output_dir))
+    return _write_folder(export, output_dir, cfg, sae_args, card, overwrite)
+
+
+def _write_folder(
+        export: Export, output_dir: Path, cfg: Dict[str, Any], model_args: Dict[str, Any], card: str,
+        overwrite: bool) -> Path:
+    """Write the folder under a temporary name beside ``output_dir`` and rename it into place."""
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f'.{output_dir.name}.', suffix='.tmp', dir=output_dir.parent))
@@ -186,8 +86,8 @@ def save_export(
         raise CheckpointError(f'cannot create {output_dir}: {e.strerror}') from e
     try:
         save_for_hf(
-            model, tmp, model_config=dict(pretrained_cfg=cfg, label_names=list(label_names or [])),
-            model_args=sae_args, data_config=dict(data_config or {}), safe_serialization=True)
+            export.model, tmp, model_config=dict(pretrained_cfg=cfg, label_names=export.label_names),
+            model_args=model_args, data_config=export.data_config, safe_serialization=True)
         # timm records num_classes and global_pool in model_args too; transformers' timm wrapper passes
         # num_classes itself and fails on a second one (see _portable_model_args)
         config = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
@@ -202,6 +102,26 @@ def save_export(
             raise CheckpointError(f'cannot write the export to {output_dir}: {first_line(e)}') from e
         raise
     return output_dir
+
+
+def save_export(
+        model: torch.nn.Module, output_dir: PathLike, model_args: Optional[Mapping[str, Any]] = None,
+        data_config: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None,
+        results: Optional[cards.Results] = None, source: Optional[cards.Source] = None, license: Optional[str] = None,
+        overwrite: bool = False) -> Path:
+    """Write ``model`` as a Hub folder: ``model.safetensors``, ``config.json`` (``save_for_hf``), ``README.md``.
+
+    The folder is written under a temporary name beside ``output_dir`` and renamed into place, so a failure leaves
+    nothing behind; an existing ``output_dir`` is replaced only with ``overwrite``. ``results`` (a results file,
+    ``timm_sae.cards``) go into the card and must describe ``model``. ``source`` marks an exact conversion
+    (``export_conversion``), whose pretrained cfg (``timm_sae.sae_resnet.converted_cfg``) describes the weights;
+    otherwise a registry tag's description, license and papers are replaced by the SaE paper and ``license``
+    (default: the results', else apache-2.0).
+    """
+    return _export(
+        lambda: Export(model, dict(model_args or {}), dict(data_config or {}), list(label_names or []), license,
+                       source),
+        output_dir, overwrite, results)
 
 
 def _portable_model_args(model_args: Mapping[str, Any]) -> Dict[str, Any]:
@@ -258,32 +178,16 @@ def export_checkpoint(
     names (a JSON list or one a line), ``results`` a results file (``hub_cards/<arch>.<tag>/results.json``) for
     the card. Weights with NaN or inf are refused unless ``allow_nonfinite`` (then logged). See ``save_export``.
     """
-    output_dir = Path(output_dir)
-    _check_target(output_dir, overwrite)
-    ckpt = read_checkpoint(checkpoint, use_ema=use_ema)
-    check_finite(ckpt.state_dict, str(checkpoint), allow_nonfinite)
-    model_kwargs = {**train_args_gate(ckpt.args), **(model_kwargs or {})}  # the gate train.py --pretrained built
-    model = model_from_checkpoint(ckpt, model_name, num_classes, in_chans, model_kwargs)
-    names = _label_names(label_names, model.num_classes) if label_names else None
-    results = cards.load_results(results) if results else None
-    model_args = {**(ckpt.args.get('model_kwargs') or {}), **model_kwargs}
-    return save_export(
-        model, output_dir, model_args, ckpt.data_config, names, results, license=_inherited_license(ckpt),
-        overwrite=overwrite)
-
-
-def _inherited_license(checkpoint: Checkpoint) -> Optional[str]:
-    """The license of the weights train.py started from (``--pretrained``), which fine-tuned weights keep."""
-    args = checkpoint.args
-    if not args.get('pretrained') or args.get('pretrained_path') or not args.get('model'):
-        return None
-    cfg = get_pretrained_cfg(args['model'])
-    return cfg.license if cfg is not None and cfg.has_weights else None
+    return _export(
+        lambda: read_export(
+            checkpoint, model_name, use_ema, num_classes, in_chans, model_kwargs, label_names, allow_nonfinite),
+        output_dir, overwrite, results)
 
 
 def export_conversion(
         source: str, output_dir: PathLike, source_model: Optional[str] = None, use_ema: bool = False,
-        model_kwargs: Optional[Mapping[str, Any]] = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
+        model_kwargs: Optional[Mapping[str, Any]] = None, overwrite: bool = False, allow_nonfinite: bool = False,
+) -> Path:
     """Export the exact SaE conversion of plain or SE ResNet weights (``timm_sae.convert``) as a Hub folder.
 
     ``source`` is a timm name with tag (``resnet50.a1_in1k``, loaded with ``timm.create_model(source,
@@ -294,13 +198,19 @@ def export_conversion(
     loading, with the source's classes, input channels, preprocessing and license, and its SaE branches seeded
     (0), so that a conversion is reproducible. ``overwrite`` and ``allow_nonfinite`` as for ``export_checkpoint``.
     """
-    output_dir = Path(output_dir)
-    _check_target(output_dir, overwrite)
+    return _export(lambda: _conversion(source, source_model, use_ema, model_kwargs, allow_nonfinite), output_dir,
+                   overwrite)
+
+
+def _conversion(
+        source: str, source_model: Optional[str], use_ema: bool, model_kwargs: Optional[Mapping[str, Any]],
+        allow_nonfinite: bool) -> Export:
+    """The SaE model converted from ``source`` (see ``export_conversion``)."""
     state_dict, source_cfg, name = _conversion_source(source, source_model, use_ema)
     kind = source_kind(state_dict)
     if kind == 'sae':
         raise CheckpointError(f'{name} holds SaE weights already; export them with timm-sae export')
-    target = _sae_target(source_cfg['architecture'])
+    target = sae_target(source_cfg['architecture'])
     check_finite(state_dict, name, allow_nonfinite)
     sae_kwargs = {**({'sae_residual': False} if kind == 'se' else {}), **(model_kwargs or {})}
     cfg = converted_cfg(source_cfg, name)
@@ -311,20 +221,7 @@ def export_conversion(
             num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
     except (TypeError, ValueError) as e:  # ConversionError, and bad SaE arguments
         raise CheckpointError(f'{name} -> {target}: {first_line(e)}') from e
-    return save_export(
-        model.eval(), output_dir, sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg), overwrite=overwrite)
-
-
-def _sae_target(arch: str) -> str:
-    """The SaE twin a source architecture (a timm model) converts into; ``CheckpointError`` when it has none."""
-    plain, se, sae = twins(arch)
-    if arch == sae:
-        raise CheckpointError(f'{arch} is an SaE model already; export its weights with timm-sae export')
-    if sae is None:
-        raise CheckpointError(
-            f'{arch} has no SaE twin in timm-sae; convert weights of one of timm\'s plain or SE ResNets of the '
-            f'family (timm-sae list shows them)')
-    return sae
+    return Export(model.eval(), sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg))
 
 
 def _check_timm_name(source: str) -> None:
@@ -334,7 +231,7 @@ def _check_timm_name(source: str) -> None:
         raise CheckpointError(
             f'{source} is neither a file nor a timm model; give a checkpoint or a timm name with tag such as '
             f'resnet50.a1_in1k (timm.list_pretrained(\'resnet50.*\') lists them)')
-    _sae_target(arch)
+    sae_target(arch)
     tags = [name.split('.', 1)[1] for name in timm.list_pretrained(f'{arch}.*')]
     if not tags:
         raise CheckpointError(f'timm has no pretrained weights of {arch}; give a checkpoint file of it with --model {arch}')
@@ -360,19 +257,7 @@ def _conversion_source(
     """(state dict, pretrained cfg, display name) of a conversion source (see ``export_conversion``)."""
     path = Path(source)
     if path.is_file() or path.suffix in ('.pth', '.tar', '.bin', '.safetensors', '.pt'):
-        if source_model:  # checked before the file is read
-            _sae_target(_timm_arch(source_model))
-        ckpt = read_checkpoint(path, use_ema=use_ema)
-        arch, kwargs = implied_model(ckpt, source_model)
-        _sae_target(arch)
-        cfg = {k: v for k, v in get_pretrained_cfg(arch).to_dict().items()
-               if k not in _DESCRIPTIVE_CFG_KEYS + ('hf_hub_id', 'url')}
-        cfg.update(architecture=arch, **ckpt.data_config)
-        cfg.update(num_classes=kwargs['num_classes'], input_size=(kwargs['in_chans'], *cfg['input_size'][1:]))
-        if source_kind(ckpt.state_dict) != 'sae':  # checked on the meta device, before the SaE model is built
-            _check_fit(timm.create_model(arch, device='meta', **kwargs), ckpt.state_dict, arch,
-                       "name the checkpoint's architecture with --model")
-        return ckpt.state_dict, cfg, path.name
+        return (*read_conversion_source(path, source_model, use_ema), path.name)
     if source_model:
         raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
     if not source.startswith(('hf-hub:', 'local-dir:')):

@@ -1,6 +1,6 @@
 """Model measurements shared by the CLI, the demo and the benchmarks.
 
-Parameters and GMACs are counted on the meta device (no memory, no weights initialised), GMACs
+Parameters and GMACs are counted on the meta device (no memory, no weights initialised, nothing computed), GMACs
 with torch's own ``FlopCounterMode`` (multiply-accumulates of convolutions and matrix products,
 as timm reports them). Throughput is timed with the models interleaved round by round, so that
 drift of the machine hits every model alike; ratios are medians of per-round ratios.
@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import timm
 import torch
+from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -39,10 +40,12 @@ def param_count(model: torch.nn.Module) -> int:
 
 
 def gmacs(model: torch.nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224)) -> float:
-    """Giga multiply-accumulates of one forward pass of a single image."""
-    device = next(model.parameters()).device
+    """Giga multiply-accumulates of one forward pass of a single image, counted on the meta device: the model's
+    weights, wherever they are, are stood in for by meta tensors of their shapes, so nothing is computed."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    meta = {name: torch.empty_like(t, device='meta') for name, t in tensors.items()}
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.empty(1, *input_size, device=device))
+        functional_call(model, meta, (torch.empty(1, *input_size, device='meta'),))
     return counter.get_total_flops() / 2e9
 
 

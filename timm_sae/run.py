@@ -18,14 +18,11 @@ from typing import List, Optional, Sequence
 import timm
 
 import timm_sae  # noqa: F401  registers the SaE models, the point of this module
+from timm_sae.errors import ScriptNotFoundError
 
 __all__ = ['ScriptNotFoundError', 'run_script', 'main']
 
 USAGE = 'usage: python -m timm_sae.run SCRIPT [ARGS ...]'
-
-
-class ScriptNotFoundError(FileNotFoundError):
-    """The script to run does not exist."""
 
 
 def run_script(script: str, args: Sequence[str] = ()) -> int:

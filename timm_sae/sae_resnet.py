@@ -13,24 +13,69 @@ when True, the default; SE-style ``x * s`` when False, and when unset while ``pr
 weights, which convert exactly only into that gate) and ``sae_stages`` (the stages, numbered 1-4 as
 ``layer1``-``layer4``, whose blocks get SaE; default all four: the paper's placement study varies it).
 The blocks of the other stages are timm's plain blocks, with the plain twin's state-dict keys.
+
+Beside the entrypoints, as timm's model files hold theirs: the family's names (``twins``), the cfgs of the
+conversion tags (every weight tag of timm's plain and SE twins) and the rules of loading pretrained weights: which
+gate a tag builds (``pretrained_gate``) and the ``pretrained_filter_fn`` that converts plain and SE weights exactly
+while timm loads them (the maths: ``timm_sae.convert``), logging what was loaded and its license.
 """
+import dataclasses
+import inspect
+import logging
 import os
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Type, Union
 
+import timm
+import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    PretrainedCfg, build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, get_pretrained_cfg,
+    register_model, resolve_pretrained_cfg, split_model_name_tag)
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .blocks import SaEBottleneck
-from .convert import SAE_PAPER_ID, pretrained_filter, pretrained_gate, twin_conversion_cfgs
+from .errors import ConversionError, NoWeightsError, some_names
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
-__all__ = []  # models are reached through timm's registry
+__all__ = [  # the models are reached through timm's registry
+    'HUB_ORG', 'SAE_PAPER_ID', 'Twins', 'twins', 'conversion_tag', 'sae_model_args', 'weights_location',
+    'loads_se_weights', 'is_non_commercial', 'pretrained_filter', 'pretrained_gate', 'no_weights_error',
+    'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs',
+]
+
+_logger = logging.getLogger(__name__)
 
 # Hub organisation of the published weights: registered tags use full ids '<HUB_ORG>/<arch>.<tag>'.
 HUB_ORG = os.environ.get('TIMM_SAE_HUB_ORG', 'timm-sae')
+SAE_PAPER_ID = 'arXiv:2308.13343'
+
+
+class Twins(NamedTuple):
+    """One architecture of the family under its three names; ``None`` where that model does not exist."""
+    plain: Optional[str]  # timm's plain ResNet, e.g. resnet50
+    se: Optional[str]  # timm's SE ResNet, e.g. seresnet50 (saeresnet26 has none)
+    sae: Optional[str]  # timm-sae's SaE ResNet, e.g. saeresnet50
+
+
+def twins(name: str) -> Twins:
+    """The family's names of an architecture given by any of them (a tag is dropped): ``twins('seresnet50')`` is
+    ``Twins('resnet50', 'seresnet50', 'saeresnet50')``. A timm name without an SaE twin gives all ``None``; an SaE
+    name is taken as given (``default_cfgs`` are made before the entrypoints are registered)."""
+    arch = split_model_name_tag(name)[0]
+    bases = [arch[3:]] if arch.startswith('sae') else [
+        arch[len(p):] for p in ('se', '') if arch.startswith(p) and timm.is_model(f'sae{arch[len(p):]}')]
+    for base in bases:
+        names = Twins(*(n if timm.is_model(n) else None for n in (base, f'se{base}')), f'sae{base}')
+        if arch in names:
+            return names
+    return Twins(None, None, None)
+
+
+def conversion_tag(source: str) -> str:
+    """The SaE tag of a timm source ``arch.tag``: ``resnet50.a1_in1k`` -> ``resnet50_a1_in1k``."""
+    return source.replace('.', '_')
 
 
 BlockType = Union[Type[BasicBlock], Type[Bottleneck], Callable[..., nn.Module]]
@@ -92,6 +137,135 @@ def _create_saeresnet(
         **kwargs)
 
 
+def sae_model_args(model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The SaE entrypoint arguments (``sae_*``): their defaults updated with ``model_kwargs``; ``sae_residual``
+    unset is True, the gate of a model that loads no SE weights while built."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(_create_saeresnet).parameters.items()
+        if name.startswith('sae_')}
+    args = {**defaults, **{k: v for k, v in (model_kwargs or {}).items() if k.startswith('sae_')}}
+    return {**args, 'sae_residual': args['sae_residual'] is not False}
+
+
+def weights_location(cfg: Mapping[str, Any]) -> str:
+    """The weights timm loads for a pretrained cfg, in timm's order (state_dict > file > hf_hub_id > url)."""
+    hub = _hub_weights(cfg)
+    if hub:
+        return hub
+    if cfg.get('state_dict') is not None:
+        return 'the state dict given in the pretrained cfg'
+    return f"file {cfg['file']}" if cfg.get('file') else cfg.get('url') or 'no weights'
+
+
+def _hub_weights(cfg: Mapping[str, Any]) -> Optional[str]:
+    """The Hub repository timm loads the cfg's weights from; None where a state dict or file comes first."""
+    if cfg.get('source') == 'hf-hub':
+        return cfg.get('hf_hub_id')
+    if cfg.get('source') == 'local-dir' or cfg.get('state_dict') is not None or cfg.get('file'):
+        return None
+    return cfg.get('hf_hub_id')
+
+
+def loads_se_weights(sae_arch: str, cfg: Mapping[str, Any]) -> bool:
+    """Whether timm loads the cfg's weights from a repository of the SE twin's weights (``timm/seresnet50.a1_in1k``)."""
+    hub, se = _hub_weights(cfg), twins(sae_arch).se
+    return bool(hub and se) and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
+
+
+def is_non_commercial(license: Optional[str]) -> bool:
+    """Whether a Hub license id forbids commercial use (``cc-by-nc-4.0``, ``cc-by-nc-sa-4.0``, ...)."""
+    return '-nc' in (license or '').lower()
+
+
+def _license_note(cfg: Mapping[str, Any]) -> str:
+    """The license of the loaded weights as the cfg knows it, saying so where it forbids commercial use."""
+    if not _hub_weights(cfg) and not cfg.get('url'):
+        return 'license: that of the source of these weights'
+    license = cfg.get('license')
+    return f'license {license or "not stated"}' + (': NON-COMMERCIAL use only' if is_non_commercial(license) else '')
+
+
+def _gate_note(kind: str, residual: bool) -> str:
+    """Which gate the model was built with, and why."""
+    if kind == 'se':
+        return 'the plain gate x * s (sae_residual=False), the only gate SE weights convert into exactly'
+    return ('the residual gate x * (1 + s) (sae_residual=True, SaE\'s own)' if residual else
+            'the plain gate x * s (sae_residual=False, as asked)')
+
+
+def _adaptable_keys(model: nn.Module) -> List[str]:
+    """State dict keys of the classifier and first conv named by the model's pretrained cfg."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    names = []
+    for entry in (cfg.get('classifier'), cfg.get('first_conv')):
+        names += [entry] if isinstance(entry, str) else list(entry or ())
+    return [f'{name}.{p}' for name in names for p in ('weight', 'bias')]
+
+
+def pretrained_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: convert plain or SE weights while loading, logging what was loaded.
+
+    The log line names the weights timm loaded (``weights_location``), their license, and the gate built.
+    """
+    from .convert import convert_state_dict, source_kind  # the maths name the family's twins in their errors
+
+    kind = source_kind(state_dict)
+    if kind == 'sae':
+        return state_dict
+    converted = convert_state_dict(state_dict, model, adaptable=_adaptable_keys(model))
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    residual = next(m.residual for m in model.modules() if isinstance(m, SqueezeAggregatedExcitation))
+    trained = ('SE\'s layers fill the first SaE branches, the other branches train when fine-tuned' if kind == 'se'
+               else 'its SaE layers are untrained until fine-tuned')
+    _logger.info(
+        f'{cfg.get("architecture", "SaE model")}: exact conversion of {"SE" if kind == "se" else kind} ResNet weights '
+        f'{weights_location(cfg)} ({_license_note(cfg)}) into {_gate_note(kind, residual)}; the model computes the '
+        f'source\'s function, {trained}')
+    return converted
+
+
+def pretrained_gate(
+        variant: str,
+        sae_residual: Optional[bool],
+        pretrained: bool,
+        pretrained_cfg: Optional[Union[str, Dict[str, Any], PretrainedCfg]] = None,
+        pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
+) -> bool:
+    """The ``sae_residual`` to build ``variant`` with: as given, else False where ``pretrained=True`` loads SE weights
+    (the only gate they convert into exactly), else True.
+
+    Raises:
+        NoWeightsError: ``pretrained=True`` and the cfg names no weights (``no_weights_error``).
+        ConversionError: ``sae_residual=True`` with SE weights.
+    """
+    if not pretrained:
+        return sae_residual is not False
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
+    if not (cfg.has_weights or cfg.state_dict):
+        raise no_weights_error(variant)
+    if not loads_se_weights(variant, vars(cfg)):
+        return sae_residual is not False
+    if sae_residual:
+        plain = [name for name in timm.list_pretrained(f'{variant}.*')
+                 if not loads_se_weights(variant, vars(get_pretrained_cfg(name)))]
+        raise ConversionError(
+            f'{variant}.{cfg.tag} loads SE weights ({weights_location(vars(cfg))}), which convert exactly only into '
+            f'the plain gate x * s (SE\'s gate s < 1 < 1 + s): leave sae_residual unset or False'
+            + (f', or load plain weights for the residual gate ({some_names(plain)})' if plain else ''))
+    return False
+
+
+def no_weights_error(sae_arch: str) -> NoWeightsError:
+    """The error of ``pretrained=True`` with a cfg that names no weights: which tags have them, if any."""
+    tags = timm.list_pretrained(f'{sae_arch}.*')
+    if tags:
+        return NoWeightsError(
+            f'the pretrained cfg of {sae_arch} names no weights; its tags with weights: {some_names(tags)}')
+    return NoWeightsError(
+        f'{sae_arch} has no pretrained weights: timm has no weights of its plain or SE twin to convert; '
+        f'use pretrained=False')
+
+
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
@@ -108,8 +282,48 @@ def _deep_stem_cfg(**kwargs) -> Dict[str, Any]:
     return _cfg(first_conv='conv1.0', **kwargs)
 
 
+def converted_cfg(source_cfg: Mapping[str, Any], source_name: str) -> Dict[str, Any]:
+    """The pretrained cfg of the SaE conversion of the weights ``source_name`` whose cfg is ``source_cfg``.
+
+    The source's preprocessing, classes, license, pool size and ``hf_hub_id``, with both papers and a description
+    saying what the weights are.
+    """
+    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    cfg = {k: v for k, v in source_cfg.items() if k in fields and v is not None}
+    for key in ('url', 'file', 'state_dict', 'source', 'architecture', 'tag', 'custom_load'):
+        cfg.pop(key, None)
+    papers = cfg.get('paper_ids') or ()
+    cfg['paper_ids'] = (SAE_PAPER_ID, *((papers,) if isinstance(papers, str) else papers))
+    if (source_cfg.get('architecture') or '').startswith('se'):
+        cfg['description'] = (
+            f'Exact conversion of {source_name} (SE) to SaE with the plain gate x * s (sae_residual=False): the '
+            f'source\'s function, SE\'s layers in the first SaE branches, the other branches untrained')
+    else:
+        cfg['description'] = f'Exact conversion of {source_name} to SaE: the source\'s function, SaE layers untrained'
+    return cfg
+
+
+def conversion_cfgs(sae_arch: str, source_arch: str) -> Dict[str, Dict[str, Any]]:
+    """Pretrained cfgs ``{sae_arch}.{conversion_tag}`` for every weight tag timm has on the Hub for ``source_arch``.
+
+    The source's default tag comes first, so that its conversion becomes the SaE architecture's default.
+    """
+    default = get_pretrained_cfg(source_arch).tag
+    sources = sorted(get_arch_pretrained_cfgs(source_arch).values(), key=lambda c: c.tag != default)
+    return {
+        f'{sae_arch}.{conversion_tag(f"{source_arch}.{c.tag}")}': converted_cfg(c.to_dict(), f'timm\'s {source_arch}.{c.tag}')
+        for c in sources if c.hf_hub_id}
+
+
+def twin_conversion_cfgs(sae_arch: str) -> Dict[str, Dict[str, Any]]:
+    """``conversion_cfgs`` of timm's plain twin, then of its SE twin: a plain source's default tag stays the default,
+    and an SE source's default tag is the default where timm has no plain weights."""
+    return {k: v for source in twins(sae_arch)[:2] if source
+            for k, v in conversion_cfgs(sae_arch, source).items()}
+
+
 # Tags: every weight tag timm has for an architecture's plain twin, then for its SE twin, converted exactly while
-# loading (see timm_sae.convert); the plain twin's default tag is the default, else the SE twin's. The two
+# loading (see pretrained_filter); the plain twin's default tag is the default, else the SE twin's. The two
 # architectures without weights of either twin in timm are untrained.
 default_cfgs = generate_default_cfgs({
     **twin_conversion_cfgs('saeresnet18'),

@@ -1,4 +1,8 @@
-"""One reader for weight files: what a file is, told by its bytes, then its weights, read without running its code.
+"""A checkpoint to export: its weights, read without running its code, train.py's arguments, and the model they imply.
+
+``read_export`` reads and checks a checkpoint once, works out the architecture, the entrypoint arguments, the gate
+and the license from it and from train.py's arguments (``implied_model``, ``train_args_gate``), and builds the model
+with its weights: what ``timm_sae.hub`` writes as a Hub folder.
 
 ``read_weights_file`` looks at the first bytes before it parses anything and tells apart a zip-based PyTorch
 checkpoint (``torch.save``), a legacy PyTorch pickle, a safetensors file (8-byte header length, then a JSON
@@ -23,16 +27,22 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import safetensors.torch
+import timm
 import torch
-from timm.models import clean_state_dict
+from timm.models import clean_state_dict, get_pretrained_cfg, split_model_name_tag
 
-from .convert import some_names
-from .errors import CheckpointError, first_line
+from .convert import source_kind
+from .errors import CheckpointError, first_line, some_names, state_dict_mismatch
+from .sae_resnet import loads_se_weights, twins
 
-__all__ = ['Checkpoint', 'read_checkpoint', 'read_weights_file', 'nonfinite_weights', 'check_finite']
+__all__ = [
+    'Checkpoint', 'Export', 'read_checkpoint', 'read_weights_file', 'nonfinite_weights', 'check_finite',
+    'train_args_gate', 'timm_arch', 'implied_model', 'check_fit', 'load_weights', 'model_from_checkpoint',
+    'read_label_names', 'read_export', 'sae_target', 'read_conversion_source',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +63,8 @@ _FOREIGN = (  # (leading bytes, what a file starting with them is)
     (b'\xff\xd8\xff', 'a JPEG image'),
 )
 # train.py arguments the export reads, with the types they must have
+# pretrained cfg fields that describe particular weights rather than the architecture and its preprocessing
+DESCRIPTIVE_CFG_KEYS = ('tag', 'description', 'notes', 'license', 'paper_ids', 'paper_name', 'origin_url')
 _DATA_ARGS = ('input_size', 'img_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
 _ARG_TYPES = {
     'model': str, 'num_classes': int, 'in_chans': int, 'model_kwargs': dict, 'gp': str, 'pretrained_path': str,
@@ -72,6 +84,17 @@ class Checkpoint:
     def data_config(self) -> Dict[str, Any]:
         """The preprocessing a train.py checkpoint was trained with, in train.py's argument names."""
         return {k: self.args[k] for k in _DATA_ARGS if self.args.get(k) not in (None, '')}
+
+
+@dataclass
+class Export:
+    """A model to write as a Hub folder, with what its config.json and card say besides its weights."""
+    model: torch.nn.Module
+    model_args: Dict[str, Any] = field(default_factory=dict)  # the entrypoint arguments it was built with
+    data_config: Dict[str, Any] = field(default_factory=dict)  # its preprocessing, in train.py's argument names
+    label_names: List[str] = field(default_factory=list)
+    license: Optional[str] = None  # of the weights it was fine-tuned from; None: unknown
+    source: Any = None  # the ``timm_sae.cards.Source`` of an exact conversion
 
 
 def read_weights_file(path: PathLike) -> Any:
@@ -254,3 +277,162 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], what: str, allow: bool 
             f'--allow-nonfinite (allow_nonfinite=True) to keep them')
     if report:
         _logger.warning(f'{what} holds non-finite weights, kept (--allow-nonfinite): {report}')
+
+
+def train_args_gate(args: Mapping[str, Any]) -> Dict[str, bool]:
+    """``{'sae_residual': False}`` where timm's train.py with these ``args`` built the plain gate without being told
+    (``--pretrained`` on a tag of SE weights), else ``{}``: what rebuilding its checkpoint needs."""
+    if not args.get('pretrained') or args.get('pretrained_path') or 'sae_residual' in (args.get('model_kwargs') or {}):
+        return {}
+    arch = split_model_name_tag(args.get('model') or '')[0]
+    cfg = get_pretrained_cfg(args['model']) if arch in timm.list_models(module='sae_resnet') else None
+    return {'sae_residual': False} if cfg is not None and loads_se_weights(arch, vars(cfg)) else {}
+
+
+def _inherited_license(checkpoint: Checkpoint) -> Optional[str]:
+    """The license of the weights train.py started from (``--pretrained``), which fine-tuned weights keep."""
+    args = checkpoint.args
+    if not args.get('pretrained') or args.get('pretrained_path') or not args.get('model'):
+        return None
+    cfg = get_pretrained_cfg(args['model'])
+    return cfg.license if cfg is not None and cfg.has_weights else None
+
+
+def timm_arch(name: str) -> str:
+    """The architecture of a timm model name (tag dropped); ``CheckpointError`` unless timm has it."""
+    arch = split_model_name_tag(name)[0]
+    if not timm.is_model(arch):
+        raise CheckpointError(f'{arch} is not a timm model; give the checkpoint\'s architecture with --model')
+    return arch
+
+
+def implied_model(checkpoint: Checkpoint, model_name: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """The architecture (a timm model, tag dropped) and ``create_model`` arguments a checkpoint's weights imply.
+
+    The architecture is ``model_name``, else train.py's ``--model``, else the checkpoint's ``arch``. train.py's
+    ``--model-kwargs`` and ``--gp`` come along; ``num_classes`` and ``in_chans`` are train.py's, else what the
+    shapes of the classifier and first conv weights give (0 classes without a classifier).
+    """
+    args = checkpoint.args
+    name = model_name or args.get('model') or checkpoint.arch
+    if not name:
+        raise CheckpointError('the checkpoint does not name its architecture; give it with --model (timm-sae list)')
+    arch = timm_arch(name)
+    cfg, weights = get_pretrained_cfg(arch), checkpoint.state_dict
+    head, stem = weights.get(f'{cfg.classifier}.weight'), weights.get(f'{cfg.first_conv}.weight')
+    kwargs = {**(args.get('model_kwargs') or {}), **({'global_pool': args['gp']} if args.get('gp') else {})}
+    kwargs['num_classes'] = next(n for n in (
+        args.get('num_classes'), head.shape[0] if head is not None and head.dim() == 2 else 0) if n is not None)
+    kwargs['in_chans'] = next(n for n in (
+        args.get('in_chans'), stem.shape[1] if stem is not None and stem.dim() == 4 else cfg.input_size[0])
+        if n is not None)
+    return arch, kwargs
+
+
+def check_fit(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """``CheckpointError`` naming missing, unexpected and mis-shaped keys, and ``fix``, unless ``weights`` fit."""
+    problems = state_dict_mismatch(model.state_dict(), weights)
+    if problems:
+        raise CheckpointError(f'the weights do not fit {what}: {problems}; {fix}')
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, fix: str) -> torch.nn.Module:
+    """``model`` (on the meta device) with ``weights`` as its tensors, as they are; ``CheckpointError`` unless they
+    fit (``check_fit``) and load."""
+    try:
+        model.load_state_dict(weights, assign=True)
+    except (RuntimeError, ValueError) as e:  # also e.g. integer tensors where the model has parameters
+        check_fit(model, weights, what, fix)
+        raise CheckpointError(f'the weights do not load into {what}: {first_line(e)}') from e
+    return model
+
+
+def model_from_checkpoint(
+        checkpoint: Checkpoint, model_name: Optional[str] = None, num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
+    """The SaE model the checkpoint's weights belong to, with those weights.
+
+    Each setting comes from the arguments, else from what the checkpoint implies (``implied_model``). The model
+    is built on the meta device and takes the checkpoint's tensors as they are (dtype included).
+    """
+    arch, kwargs = implied_model(checkpoint, model_name)
+    if twins(arch).sae != arch:
+        raise CheckpointError(f'{arch} is not an SaE model; give the architecture with --model (timm-sae list)')
+    kwargs.update(model_kwargs or {})
+    kwargs.update({k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None})
+    try:
+        # the registry tag's description, license and papers are not these weights'
+        model = timm.create_model(
+            arch, device='meta', pretrained_cfg_overlay=dict.fromkeys(DESCRIPTIVE_CFG_KEYS), **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{arch} cannot be built with {kwargs}: {first_line(e)}') from e
+    what = f'{arch}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
+    fix = 'name the architecture with --model and its arguments with --num-classes / --in-chans / --model-kwargs'
+    return load_weights(model, checkpoint.state_dict, what, fix).eval()
+
+
+def read_label_names(path: PathLike, num_classes: int) -> List[str]:
+    """Class names from a JSON list or a text file with one name a line; one name a class."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding='utf-8')
+        names = json.loads(text) if path.suffix == '.json' else [n.strip() for n in text.splitlines() if n.strip()]
+    except OSError as e:
+        raise CheckpointError(f'cannot read label names from {path}: {e.strerror}') from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f'{path} is not JSON: {e}') from e
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f'{path} must hold a JSON list of strings, or one name a line')
+    if len(names) != num_classes:
+        raise CheckpointError(f'{path} has {len(names)} label names for {num_classes} classes; give one a class')
+    return names
+
+
+def read_export(
+        path: PathLike, model_name: Optional[str] = None, use_ema: bool = False, num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None,
+        label_names: Optional[PathLike] = None, allow_nonfinite: bool = False) -> Export:
+    """The SaE model of a checkpoint with its weights, read and checked once, and what its export says of it.
+
+    The arguments given override what the checkpoint implies (``implied_model``); the gate is the one train.py
+    built (``train_args_gate``), the license that of the weights it started from. Weights with NaN or inf are
+    refused unless ``allow_nonfinite`` (then logged).
+    """
+    checkpoint = read_checkpoint(path, use_ema=use_ema)
+    check_finite(checkpoint.state_dict, str(path), allow_nonfinite)
+    model_kwargs = {**train_args_gate(checkpoint.args), **(model_kwargs or {})}
+    model = model_from_checkpoint(checkpoint, model_name, num_classes, in_chans, model_kwargs)
+    return Export(
+        model, {**(checkpoint.args.get('model_kwargs') or {}), **model_kwargs}, checkpoint.data_config,
+        read_label_names(label_names, model.num_classes) if label_names else [], _inherited_license(checkpoint))
+
+
+def sae_target(arch: str) -> str:
+    """The SaE twin a source architecture (a timm model) converts into; ``CheckpointError`` when it has none."""
+    plain, se, sae = twins(arch)
+    if arch == sae:
+        raise CheckpointError(f'{arch} is an SaE model already; export its weights with timm-sae export')
+    if sae is None:
+        raise CheckpointError(
+            f'{arch} has no SaE twin in timm-sae; convert weights of one of timm\'s plain or SE ResNets of the '
+            f'family (timm-sae list shows them)')
+    return sae
+
+
+def read_conversion_source(
+        path: Path, source_model: Optional[str], use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The weights of a checkpoint of a timm plain or SE ResNet and the pretrained cfg they imply: the architecture's
+    preprocessing with train.py's, its classes and input channels, and no weights' description."""
+    if source_model:  # checked before the file is read
+        sae_target(timm_arch(source_model))
+    checkpoint = read_checkpoint(path, use_ema=use_ema)
+    arch, kwargs = implied_model(checkpoint, source_model)
+    sae_target(arch)
+    cfg = {k: v for k, v in get_pretrained_cfg(arch).to_dict().items()
+           if k not in DESCRIPTIVE_CFG_KEYS + ('hf_hub_id', 'url')}
+    cfg.update(architecture=arch, **checkpoint.data_config)
+    cfg.update(num_classes=kwargs['num_classes'], input_size=(kwargs['in_chans'], *cfg['input_size'][1:]))
+    if source_kind(checkpoint.state_dict) != 'sae':  # checked on the meta device; SaE weights are refused later
+        check_fit(timm.create_model(arch, device='meta', **kwargs), checkpoint.state_dict, arch,
+                  "name the checkpoint's architecture with --model")
+    return checkpoint.state_dict, cfg
