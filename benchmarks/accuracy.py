@@ -22,8 +22,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ''):  # run as a file (python benchmarks/accuracy.py): import the package from the repository
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from benchmarks.common import (
-    REPO_ROOT, DeviceData, Run, SweepPaths, fmnist_protocol, resolve_sweep_args, sweep_main, sweep_parser, train_run)
+from benchmarks.common import REPO_ROOT
+from benchmarks.fashion_mnist import DeviceData, fmnist_protocol
+from benchmarks.sweep import Run, SweepPaths, resolve_sweep_args, sweep_main, sweep_parser
+from benchmarks.training import train_run
 
 PATHS = SweepPaths(
     results=REPO_ROOT / 'benchmarks' / 'results' / 'accuracy.json',

@@ -17,9 +17,11 @@ if __package__ in (None, ''):  # run as a file (python benchmarks/accuracy_repor
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from benchmarks.accuracy import CONFIGS, PATHS, PLACEMENT_AND_WIDTH
-from benchmarks.common import (
-    CAVEATS, COLUMNS, CONFIDENCE, appendix, as_json, delta_column, group_runs, header, kwargs_text, markdown_table, plot_band,
-    provenance, report_command, reported_top1, save_figure, verdict)
+from benchmarks.report import (
+    COLUMNS, appendix, delta_column, header, kwargs_text, markdown_table, plot_band, provenance, report_command,
+    save_figure)
+from benchmarks.stats import CAVEATS, CONFIDENCE, group_runs, reported_top1, verdict
+from benchmarks.sweep import as_json
 
 REFERENCE = 'seresnet18'
 MAIN_MODELS = ('resnet18', 'seresnet18', 'saeresnet18', 'resnet18_eca', 'resnet18_cbam')

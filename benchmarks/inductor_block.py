@@ -30,7 +30,8 @@ from torch._inductor import config as inductor_config, metrics
 from timm_sae import SaEBottleneck
 from timm_sae.measure import median_ratio, quartiles, time_interleaved
 
-from benchmarks.common import RESULTS_DIR, command_line, environment, write_report
+from benchmarks.common import RESULTS_DIR
+from benchmarks.environment import command_line, environment, write_report
 
 # label -> (timm model, SaE Bottlenecks run timm's Bottleneck.forward: the SE-form squeeze)
 MODELS = {

@@ -31,7 +31,8 @@ import torch
 from torch._inductor import config as inductor_config
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import RESULTS_DIR, command_line, environment, write_report
+from benchmarks.common import RESULTS_DIR
+from benchmarks.environment import command_line, environment, write_report
 from benchmarks.speed import (
     COMPILE_BACKENDS, MODES, PAIRS, Setting, backend_label, build_step, compile_model, device_sync)
 

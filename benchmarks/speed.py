@@ -62,7 +62,8 @@ from timm_sae import SaEBottleneck
 from timm_sae.fuse import fuse_batchnorm
 from timm_sae.measure import describe, median_ratio, quartiles, time_interleaved
 
-from benchmarks.common import RESULTS_DIR, command_line, environment
+from benchmarks.common import RESULTS_DIR
+from benchmarks.environment import command_line, environment
 from benchmarks.speed_report import compile_flags, write_tables
 
 MIB = 2 ** 20

@@ -31,10 +31,11 @@ if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start.py)
 
 from timm_sae.convert import convert_state_dict
 
-from benchmarks.common import (
-    BASE_BATCH, REPO_ROOT, DeviceData, Normalize, Run, Schedule, SweepPaths, checkpoint_path, create_model,
-    fmnist_protocol, predict, resolve_sweep_args, run_record, score, seed_everything, sweep_main, sweep_parser, train,
-    train_run)
+from benchmarks.common import REPO_ROOT
+from benchmarks.fashion_mnist import BASE_BATCH, DeviceData, Normalize, fmnist_protocol
+from benchmarks.sweep import Run, SweepPaths, resolve_sweep_args, sweep_main, sweep_parser
+from benchmarks.training import (
+    Schedule, checkpoint_path, create_model, predict, run_record, score, seed_everything, train, train_run)
 
 PATHS = SweepPaths(
     results=REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json',

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start_report.py): import the package
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from benchmarks import common as report
+from benchmarks import report, stats
 from benchmarks.warm_start import PATHS
 SCRATCH = 'saeresnet18_scratch'
 # Each conversion and the run it is judged against: its continued source (same start, same further epochs).
@@ -41,7 +41,7 @@ def start_text(runs: List[Dict[str, Any]]) -> str:
 def start_top1(runs: List[Dict[str, Any]]) -> str:
     """Mean ± std test top-1 at epoch 0 (the starting point) of warm-started runs, '-' for the others."""
     starts = [r['start']['test_top1'] for r in runs if r.get('start')]
-    return report.mean_std(starts) if starts else '-'
+    return stats.mean_std(starts) if starts else '-'
 
 
 def epoch_precision(results: Dict[str, Any]) -> str:
@@ -79,12 +79,12 @@ def comparison_phrase(name: str, reference: str, runs: Dict[str, List[Dict[str, 
     """'<name> vs <reference>: <finding> (Δ, interval)', from the numbers; None where a side has no runs."""
     if name not in runs or reference not in runs:
         return None
-    interval = report.welch_interval(report.reported_top1(runs[name]), report.reported_top1(runs[reference]))
+    interval = stats.welch_interval(stats.reported_top1(runs[name]), stats.reported_top1(runs[reference]))
     words = f'{PLAIN_WORDS[name]} vs {PLAIN_WORDS[reference]}'
     if interval is None:
         return f'{words}: too few seeds for an interval'
     diff, low, high = interval
-    finding = report.direction(interval) or 'no detectable difference'
+    finding = stats.direction(interval) or 'no detectable difference'
     return f'{words}: {finding} ({diff:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}])'
 
 
@@ -100,7 +100,7 @@ def verdict_line(results: Dict[str, Any], runs: Dict[str, List[Dict[str, Any]]])
 
 def summary(results: Dict[str, Any]) -> List[str]:
     """The table, the comparisons, the epoch-0 check and the verdict (also the doc's section)."""
-    runs = report.group_runs(results, ORDER)
+    runs = stats.group_runs(results, ORDER)
     columns = [
         report.COLUMNS['configuration'], ('role', lambda rs: rs[0]['role']), ('start', start_text),
         report.COLUMNS['model'], report.COLUMNS['kwargs'], ('epochs', lambda rs: str(rs[0]['schedule']['epochs'])),
@@ -116,16 +116,16 @@ def summary(results: Dict[str, Any]) -> List[str]:
         f'accuracy protocol; every warm start then trains {protocol["finetune"]["epochs"]} epochs with one schedule '
         f'(lr {protocol["finetune"]["lr"]:g} cosine to 0, no warmup, fresh optimizer); {SCRATCH} trains '
         f'{protocol["scratch_epochs"]} epochs. Δ: difference of mean test top-1 to the continued source, in points, '
-        f'with a {report.CONFIDENCE:.0%} Welch t interval. Epoch-0 test top-1: the warm start before its first step, '
+        f'with a {stats.CONFIDENCE:.0%} Welch t interval. Epoch-0 test top-1: the warm start before its first step, '
         f'evaluated as every epoch is ({epoch_precision(results)}); the exactness check is the fp32 one below.',
         '',
         *report.markdown_table(runs, columns),
     ]
-    sentences = [s for s in (report.verdict(a, runs, b) for a, b in COMPARISONS) if s]
+    sentences = [s for s in (stats.verdict(a, runs, b) for a, b in COMPARISONS) if s]
     exactness = exactness_sentence(conversion_rows(runs))
     verdict = verdict_line(results, runs)
     for block in (['**What the numbers say**', '', *sentences] if sentences else [], [exactness] if exactness else [],
-                  [verdict] if verdict else [], [report.CAVEATS] if sentences else []):
+                  [verdict] if verdict else [], [stats.CAVEATS] if sentences else []):
         if block:
             lines += ['', *block]
     return lines
@@ -147,7 +147,7 @@ def conversion_table(runs: Dict[str, List[Dict[str, Any]]]) -> List[str]:
 
 def markdown(results: Dict[str, Any], source: str) -> str:
     """The report as markdown; ``source`` names the results file."""
-    runs = report.group_runs(results, ORDER)
+    runs = stats.group_runs(results, ORDER)
     lines = [
         *report.header('Warm starts into SaE: Fashion-MNIST, ResNet-18 family', 'benchmarks/warm_start_report.py',
                        source, results, runs, 'run group'),
@@ -172,7 +172,7 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    runs = report.group_runs(results, ORDER)
+    runs = stats.group_runs(results, ORDER)
     protocol = results['protocol']
     source_epochs = protocol['sources']['epochs']
     first = max(1, source_epochs - 4)

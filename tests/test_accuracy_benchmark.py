@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import accuracy, accuracy_report, common, fashion_mnist
+from benchmarks import accuracy, accuracy_report, common, fashion_mnist, stats, sweep
+from timm_sae.measure import describe
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -96,7 +97,7 @@ def test_validation_split_is_fixed_and_disjoint():
 
 def test_random_crop_flip_is_a_crop_or_flipped_crop_of_the_padded_input():
     x = torch.rand(64, 2, 8, 8)
-    out = common.random_crop_flip(x, 3, torch.Generator().manual_seed(1))
+    out = fashion_mnist.random_crop_flip(x, 3, torch.Generator().manual_seed(1))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
     flips = []
@@ -164,9 +165,9 @@ def test_workers_train_runs_in_spawned_processes(data_dir, tmp_path):
 
 
 def test_welch_interval():
-    assert common.welch_interval([1.], [1., 2.]) is None
-    assert common.welch_interval([2., 2.], [1., 1., 1.]) == (1., 1., 1.)
-    diff, low, high = common.welch_interval([1., 2., 3.], [1., 2., 3., 4., 5.])
+    assert stats.welch_interval([1.], [1., 2.]) is None
+    assert stats.welch_interval([2., 2.], [1., 1., 1.]) == (1., 1., 1.)
+    diff, low, high = stats.welch_interval([1., 2., 3.], [1., 2., 3., 4., 5.])
     # Hand-computed: diff -1, se^2 = 1/3 + 2.5/5 = 5/6, df = (5/6)^2 / ((1/3)^2/2 + (1/2)^2/4) = 5.88,
     # t_{0.975, 5.88} = 2.4588 (from a t table)
     assert diff == pytest.approx(-1.)
@@ -184,7 +185,7 @@ def fabricated_results(without: tuple = ()) -> dict:
         for seed in range(1 if config == 'resnet18_cbam' else 3):
             top1 = 92. + 0.1 * seed + (0.3 if model == 'saeresnet18' else 0.) + (0.5 if config == 'saeresnet18_rd8' else 0.)
             runs.append({
-                'config': config, 'model': model, 'model_kwargs': common.as_json(kwargs), 'seed': seed,
+                'config': config, 'model': model, 'model_kwargs': sweep.as_json(kwargs), 'seed': seed,
                 'test_top1': top1, 'test_loss': 0.25, 'best_val_top1': top1 + 0.2, 'best_epoch': 3,
                 'params': 11_200_000, 'gmacs': 0.0355,
                 'curve': {'train_loss': [1.0, 0.6, 0.5], 'val_top1': [85., 90., top1 + 0.2],
@@ -251,7 +252,7 @@ def test_report_refuses_missing_results(tmp_path, capsys):
 
 def test_placement_and_width_configurations_build_with_their_sizes():
     """The new configurations reach the model: SaE in fewer stages has fewer parameters, wider branches more."""
-    size = {config: common.describe(model, (1, 32, 32), in_chans=1, num_classes=10, **kwargs)['params_m']
+    size = {config: describe(model, (1, 32, 32), in_chans=1, num_classes=10, **kwargs)['params_m']
             for config, (model, kwargs) in accuracy.CONFIGS.items()
             if config in ('resnet18', 'saeresnet18', *accuracy.PLACEMENT_AND_WIDTH)}
     assert size['resnet18'] < size['saeresnet18_s12'] < size['saeresnet18_s4'] < size['saeresnet18_s34'] \

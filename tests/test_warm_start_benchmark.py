@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from benchmarks import accuracy, common, warm_start, warm_start_report
-from benchmarks.fashion_mnist import DEFAULT_DATA_DIR, load_fashion_mnist
+from benchmarks import accuracy, common, sweep, training, warm_start, warm_start_report
+from benchmarks.fashion_mnist import DEFAULT_DATA_DIR, fmnist_protocol, load_fashion_mnist, to_device_data
 from test_accuracy_benchmark import data_dir  # noqa: F401  (the module-scoped fixture of the synthetic data set)
 
 WARM_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.source is not None]
@@ -42,7 +42,7 @@ def test_quick_study_records_every_run(study, data_dir):
     protocol = results['protocol']
     # the sources' protocol is the accuracy benchmark's, for the same options
     quick_args = accuracy.parse_args(['--quick', '--data-dir', str(data_dir)])
-    assert protocol['sources'] == common.as_json(common.fmnist_protocol(quick_args, load_fashion_mnist(data_dir)))
+    assert protocol['sources'] == sweep.as_json(fmnist_protocol(quick_args, load_fashion_mnist(data_dir)))
     # the sources are the accuracy benchmark's configurations of their name
     assert all(accuracy.CONFIGS[source] == (source, {}) for source in warm_start.SOURCES)
     assert protocol['scratch_epochs'] == 2 and protocol['finetune']['epochs'] == 1
@@ -97,15 +97,15 @@ def test_conversions_are_exact_at_epoch_zero(study):
 
 def test_conversion_check_detects_a_different_function(data_dir, single_thread):
     """The check is not vacuous: a model that is not the source's function shows up in every figure."""
-    data = common.to_device_data(load_fashion_mnist(data_dir), True, torch.device('cpu'))
+    data = to_device_data(load_fashion_mnist(data_dir), True, torch.device('cpu'))
     protocol = {'mean': [0.3], 'std': [0.2]}
     torch.manual_seed(0)
-    source = common.create_model('resnet18').eval()
-    same = common.create_model('resnet18').eval()
+    source = training.create_model('resnet18').eval()
+    same = training.create_model('resnet18').eval()
     same.load_state_dict(source.state_dict())
     check = warm_start.conversion_check(source, same, data, protocol)
     assert check['max_abs_logit_diff'] == 0 and check['predictions_differ'] == 0
-    other = common.create_model('resnet18').eval()  # other random weights
+    other = training.create_model('resnet18').eval()  # other random weights
     check = warm_start.conversion_check(source, other, data, protocol)
     assert check['max_abs_logit_diff'] > 1e-3 and check['predictions_differ'] > 0
     assert check['converted_test_loss'] != check['source_test_loss']
