@@ -33,7 +33,9 @@ def _train_checkpoint(path: Path, state_dict: Dict[str, torch.Tensor], **args) -
     return path
 
 
-def _hub_cache(cache: Path, repo_id: str, state_dict: Dict[str, torch.Tensor]) -> None:
+def hub_cache(cache: Path, repo_id: str, state_dict: Dict[str, torch.Tensor]) -> None:
+    """``state_dict`` as the weights of ``repo_id`` in a Hub cache laid out as huggingface_hub reads it (this
+    script also runs the timm_sae of commits without timm_sae._testing)."""
     repo = cache / f'models--{repo_id.replace("/", "--")}'
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
     (repo / 'snapshots' / commit).mkdir(parents=True)
@@ -68,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     se18 = inputs / 'seresnet18.pth'
     torch.save(_seeded('seresnet18', num_classes=7), se18)
     cache = inputs / 'hub'
-    _hub_cache(cache, 'timm/resnet18.a1_in1k', _seeded('resnet18', 1, zero_init_last=False))
+    hub_cache(cache, 'timm/resnet18.a1_in1k', _seeded('resnet18', 1, zero_init_last=False))
     card = out / 'saeresnet18.fmnist'
     card.mkdir()
     shutil.copy(HUB_CARD / 'results.json', card / 'results.json')

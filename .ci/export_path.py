@@ -8,8 +8,8 @@ module), is left out of the counted path; the full path, with it, is printed bel
 the path has left before. ``--code`` traces the ``timm_sae`` of another checkout (e.g. an export of a base commit).
 """
 import argparse
-import hashlib
 import importlib
+import importlib.util
 import pkgutil
 import sys
 import tempfile
@@ -57,22 +57,18 @@ def returns(stops: List[str]) -> int:
 def _cases(tmp: Path) -> List[Tuple[str, List[str]]]:
     import timm
     import torch
-    from safetensors.torch import save_file
 
+    spec = importlib.util.spec_from_file_location('export_examples', Path(__file__).with_name('export_examples.py'))
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
     torch.manual_seed(0)
     state_dict = tmp / 'saeresnet18.pth'
     torch.save(timm.create_model('saeresnet18').state_dict(), state_dict)
     resnet = tmp / 'resnet18.pth'
     torch.save(timm.create_model('resnet18').state_dict(), resnet)
-    cache = tmp / 'hub'
-    commit = hashlib.sha1(b'timm/resnet18.a1_in1k').hexdigest()
-    snapshot = cache / 'models--timm--resnet18.a1_in1k' / 'snapshots' / commit
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / 'refs').mkdir()
-    (snapshot.parents[1] / 'refs' / 'main').write_text(commit)
-    save_file(timm.create_model('resnet18').state_dict(), snapshot / 'model.safetensors')
+    examples.hub_cache(tmp / 'hub', 'timm/resnet18.a1_in1k', timm.create_model('resnet18').state_dict())
     import huggingface_hub
-    huggingface_hub.constants.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_CACHE = True, str(cache)
+    huggingface_hub.constants.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_CACHE = True, str(tmp / 'hub')
     return [
         ('export STATE_DICT OUT --model saeresnet18', ['export', str(state_dict), str(tmp / 'a'), '--model', 'saeresnet18']),
         ('convert FILE OUT --model resnet18', ['convert', str(resnet), str(tmp / 'b'), '--model', 'resnet18']),

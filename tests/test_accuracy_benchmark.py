@@ -6,43 +6,14 @@ Everything runs offline on tiny synthetic IDX files written to a temporary direc
 import gzip
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from benchmarks import accuracy, accuracy_report, common, fashion_mnist, stats, sweep
+from conftest import make_dataset, write_idx
 from timm_sae.measure import describe
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as a gzipped IDX file."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype='>u4').tobytes()
-    with gzip.open(path, 'wb') as f:
-        f.write(header + array.tobytes())
-
-
-def make_dataset(root: Path, num_train: int = 200, num_test: int = 50) -> dict:
-    """Tiny synthetic Fashion-MNIST: the label is encoded as the image's brightness, so it is learnable."""
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (('train', num_train), ('test', num_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = (rng.integers(0, 40, (n, 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
-        arrays[f'{split}_images'], arrays[f'{split}_labels'] = images, labels
-    root.mkdir(parents=True, exist_ok=True)
-    for key, name in fashion_mnist.FILES.items():
-        write_idx(root / name, arrays[key])
-    return arrays
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('fmnist')
-    make_dataset(root)
-    return root
 
 
 def test_loader_reads_idx_files(tmp_path):

@@ -4,7 +4,7 @@ conversion tags through timm's own Hub loading, and ``timm-sae convert``.
 Exactness is checked in fp32 on sources whose BatchNorm affine parameters and running statistics are random
 (timm zero-initialises each block's last BN weight, which would make every SaE input 0 and the check empty):
 max |converted logits - source logits| / max |source logits| <= 1e-5 (``EXACT_RTOL``). The fast suite converts
-saeresnet18 (basic blocks), saeresnet26d (bottlenecks) and saeresnext26d_32x4d (grouped, from SE weights); the
+saeresnet18 (basic blocks), saeresnet26d (bottlenecks) and saeresnext26t_32x4d (grouped, from SE weights); the
 conversions of the other architectures, the same block variants deeper or wider, run with ``-m slow``.
 """
 import functools
@@ -21,9 +21,9 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 import timm_sae  # noqa: F401
-from conftest import EXACT_RTOL, fast_or_slow, randomise_batchnorm
-from hub_helpers import layout_hub_cache, offline_hub_cache
+from conftest import FAST, fast_or_slow, randomise_batchnorm
 from timm_sae import checkpoint, convert, hub, sae_resnet
+from timm_sae._testing import EXACT_RTOL, layout_hub_cache, offline_hub_cache, relative_error
 from timm_sae.cli import main
 from timm_sae.family import family_table
 
@@ -47,7 +47,6 @@ SE_DEFAULT_TAGS = [  # (the conversion of the SE twin's default tag, the SE twin
     (f"{name}.{sae_resnet.conversion_tag(f'{se}.{get_pretrained_cfg(se).tag}')}", se) for name, se in SE_PAIRS]
 # the conversions the fast suite checks: a basic block, a bottleneck (deep stem, avg-pool downsampling) and a
 # grouped bottleneck; the other architectures hold the same block variants at more depth or width (slow)
-FAST = ('saeresnet18', 'saeresnet26d', 'saeresnext26d_32x4d')
 
 
 def _fast_or_slow(pairs: Sequence[Tuple[str, str]]) -> list:
@@ -67,7 +66,7 @@ def _relative_error(model: nn.Module, reference: nn.Module, in_chans: int = 3) -
     x = torch.randn(2, in_chans, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected, actual = reference.eval()(x), model.eval()(x)
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
+    return relative_error(actual, expected)
 
 
 def _sae_layers(model: nn.Module) -> List[timm_sae.SqueezeAggregatedExcitation]:

@@ -220,26 +220,35 @@ def test_fuzzed_inputs_get_one_line_errors_and_write_nothing(valid_files, tmp_pa
     assert not problems, '\n'.join(problems[:20])
 
 
-def test_valid_files_of_other_architectures_and_class_counts(tmp_path, capsys):
-    """Real weights that do not fit what the command is told: each a one-line error and nothing written."""
+@pytest.fixture(scope='module')
+def other_models(tmp_path_factory):
+    """A folder with the weights of a resnet18 (.pth) and a saeresnet18 (.safetensors), both of 3 classes."""
+    folder = tmp_path_factory.mktemp('other_models')
     torch.manual_seed(0)
     resnet, sae = (timm.create_model(n, num_classes=3) for n in ('resnet18', 'saeresnet18'))
-    torch.save(resnet.state_dict(), tmp_path / 'resnet18.pth')
-    save_file(sae.state_dict(), tmp_path / 'saeresnet18.safetensors')
-    out = tmp_path / 'out'
-    cases = [
-        (['export', 'resnet18.pth', '--model', 'saeresnet18'], 'do not fit saeresnet18'),
-        (['export', 'saeresnet18.safetensors', '--model', 'saeresnet18', '--num-classes', '7'], 'mis-shaped'),
-        (['export', 'saeresnet18.safetensors', '--model', 'saeresnet34'], 'do not fit saeresnet34'),
-        (['convert', 'saeresnet18.safetensors', '--model', 'resnet18'], 'holds SaE weights already'),
-        (['convert', 'resnet18.pth', '--model', 'resnet34'], 'do not fit resnet34'),
-        (['convert', 'resnet18.pth', '--model', 'convnext_tiny'], 'convnext_tiny has no SaE twin'),
-    ]
-    for (command, file, *options), pattern in cases:
-        assert main([command, str(tmp_path / file), str(out), *options]) == 1
-        err = capsys.readouterr().err
-        assert pattern in err and err.count('\n') == 1, err
-        assert sorted(p.name for p in tmp_path.iterdir()) == ['resnet18.pth', 'saeresnet18.safetensors']
+    torch.save(resnet.state_dict(), folder / 'resnet18.pth')
+    save_file(sae.state_dict(), folder / 'saeresnet18.safetensors')
+    return folder
+
+
+@pytest.mark.parametrize('command, file, options, pattern', [
+    pytest.param('export', 'resnet18.pth', ['--model', 'saeresnet18'], 'do not fit saeresnet18', id='export-plain'),
+    pytest.param('export', 'saeresnet18.safetensors', ['--model', 'saeresnet18', '--num-classes', '7'], 'mis-shaped',
+                 id='export-num-classes'),
+    pytest.param('export', 'saeresnet18.safetensors', ['--model', 'saeresnet34'], 'do not fit saeresnet34',
+                 id='export-architecture'),
+    pytest.param('convert', 'saeresnet18.safetensors', ['--model', 'resnet18'], 'holds SaE weights already',
+                 id='convert-sae'),
+    pytest.param('convert', 'resnet18.pth', ['--model', 'resnet34'], 'do not fit resnet34', id='convert-architecture'),
+    pytest.param('convert', 'resnet18.pth', ['--model', 'convnext_tiny'], 'convnext_tiny has no SaE twin',
+                 id='convert-no-twin'),
+])
+def test_valid_files_of_other_architectures_and_class_counts(command, file, options, pattern, other_models, capsys):
+    """Real weights that do not fit what the command is told: each a one-line error and nothing written."""
+    assert main([command, str(other_models / file), str(other_models / 'out'), *options]) == 1
+    err = capsys.readouterr().err
+    assert pattern in err and err.count('\n') == 1, err
+    assert sorted(p.name for p in other_models.iterdir()) == ['resnet18.pth', 'saeresnet18.safetensors']
 
 
 @pytest.mark.parametrize('argv, pattern', [

@@ -18,7 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401
-from hub_helpers import layout_hub_cache, offline_hub_cache
+from timm_sae._testing import layout_hub_cache, offline_hub_cache
 from timm_sae import errors, hub
 from timm_sae.cli import main
 from timm_sae.sae_resnet import SAE_PAPER_ID, Twins, twins
@@ -135,47 +135,53 @@ def test_ddp_prefix_stripped_from_plain_state_dict(weights, tmp_path):
     assert checkpoint.state_dict.keys() == model.state_dict().keys() and checkpoint.entry == ''
 
 
-def _truncated(path: Path, source: Path) -> Path:
-    path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+def _bad_file(name: str, folder: Path, weights: Path) -> Path:
+    """The file ``name`` of a bad input in ``folder``, made from the valid weights (saeresnet18, 3 classes)."""
+    path = folder / name
+    if name == 'weights':
+        return weights
+    if name.startswith('half.'):  # the first half of a valid file
+        valid = folder / f'valid{path.suffix}'
+        if path.suffix == '.safetensors':
+            save_file(torch.load(weights, weights_only=True), valid)
+        else:
+            valid = weights
+        path.write_bytes(valid.read_bytes()[: valid.stat().st_size // 2])
+    elif name == 'object.pth':
+        torch.save({'weights': torch.zeros(1), 'ratio': fractions.Fraction(1, 3)}, path)
+    elif name == 'list.pth':
+        torch.save([torch.zeros(1)], path)
+    elif name == 'empty.pth':
+        path.touch()
     return path
 
 
-def _bad_inputs(tmp_path: Path, weights_path: Path):
-    """(name, checkpoint, export kwargs, message pattern) of inputs the export must refuse."""
-    pickle_path = tmp_path / 'object.pth'
-    torch.save({'weights': torch.zeros(1), 'ratio': fractions.Fraction(1, 3)}, pickle_path)
-    list_path = tmp_path / 'list.pth'
-    torch.save([torch.zeros(1)], list_path)
-    safetensors_path = tmp_path / 'w.safetensors'
-    save_file(torch.load(weights_path, weights_only=True), safetensors_path)
-    (tmp_path / 'empty.pth').touch()
-    return [
-        ('wrong architecture', weights_path, dict(model_name='saeresnet34'), r'do not fit saeresnet34.*missing'),
-        ('not an SaE model', weights_path, dict(model_name='resnet18'), 'not an SaE model'),
-        ('no architecture', weights_path, {}, 'does not name its architecture'),
-        ('wrong num_classes', weights_path, dict(model_name='saeresnet18', num_classes=7),
-         r'2 mis-shaped \(fc\.bias \(3,\) vs \(7,\), fc\.weight \(3, 512\) vs \(7, 512\)\)'),
-        ('wrong sae args', weights_path, dict(model_name='saeresnet18', model_kwargs=dict(sae_cardinality=8)),
-         'mis-shaped'),
-        ('no EMA', weights_path, dict(model_name='saeresnet18', use_ema=True), 'no EMA weights'),
-        ('truncated pickle', _truncated(tmp_path / 'half.pth', weights_path), dict(model_name='saeresnet18'),
-         'truncated'),
-        ('truncated safetensors', _truncated(tmp_path / 'half.safetensors', safetensors_path),
-         dict(model_name='saeresnet18'), 'not a readable safetensors file'),
-        ('arbitrary object', pickle_path, dict(model_name='saeresnet18'), r'fractions\.Fraction.*weights_only'),
-        ('not a state dict', list_path, dict(model_name='saeresnet18'), 'holds a list'),
-        ('empty', tmp_path / 'empty.pth', dict(model_name='saeresnet18'), 'is empty'),
-        ('missing', tmp_path / 'missing.pth', dict(model_name='saeresnet18'), 'no such file'),
-    ]
+# id: (file, export arguments, message pattern) of inputs the export must refuse
+BAD_INPUTS = {
+    'wrong-architecture': ('weights', dict(model_name='saeresnet34'), r'do not fit saeresnet34.*missing'),
+    'not-an-sae-model': ('weights', dict(model_name='resnet18'), 'not an SaE model'),
+    'no-architecture': ('weights', {}, 'does not name its architecture'),
+    'wrong-num-classes': ('weights', dict(model_name='saeresnet18', num_classes=7),
+                          r'2 mis-shaped \(fc\.bias \(3,\) vs \(7,\), fc\.weight \(3, 512\) vs \(7, 512\)\)'),
+    'wrong-sae-args': ('weights', dict(model_name='saeresnet18', model_kwargs=dict(sae_cardinality=8)), 'mis-shaped'),
+    'no-ema': ('weights', dict(model_name='saeresnet18', use_ema=True), 'no EMA weights'),
+    'truncated-pickle': ('half.pth', dict(model_name='saeresnet18'), 'truncated'),
+    'truncated-safetensors': ('half.safetensors', dict(model_name='saeresnet18'), 'not a readable safetensors file'),
+    'arbitrary-object': ('object.pth', dict(model_name='saeresnet18'), r'fractions\.Fraction.*weights_only'),
+    'not-a-state-dict': ('list.pth', dict(model_name='saeresnet18'), 'holds a list'),
+    'empty': ('empty.pth', dict(model_name='saeresnet18'), 'is empty'),
+    'missing': ('missing.pth', dict(model_name='saeresnet18'), 'no such file'),
+}
 
 
-def test_bad_inputs_give_clear_errors_and_write_nothing(weights, tmp_path):
+@pytest.mark.parametrize('file, kwargs, pattern', BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_inputs_give_clear_errors_and_write_nothing(file, kwargs, pattern, weights, tmp_path):
+    checkpoint = _bad_file(file, tmp_path, weights[1])
     out_parent = tmp_path / 'exports'
     out_parent.mkdir()
-    for name, checkpoint, kwargs, pattern in _bad_inputs(tmp_path, weights[1]):
-        with pytest.raises(hub.CheckpointError, match=pattern):
-            hub.export_checkpoint(checkpoint, out_parent / 'out', **kwargs)
-        assert list(out_parent.iterdir()) == [], name
+    with pytest.raises(hub.CheckpointError, match=pattern):
+        hub.export_checkpoint(checkpoint, out_parent / 'out', **kwargs)
+    assert list(out_parent.iterdir()) == []
 
 
 def test_nonfinite_weights_named_and_refused_unless_allowed(weights, tmp_path, capsys, caplog):

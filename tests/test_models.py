@@ -33,7 +33,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 from torch.testing import assert_close
 
-from conftest import fast_or_slow
+from conftest import FAST, fast_or_slow
 from timm_sae import SqueezeAggregatedExcitation, sae_resnet
 from timm_sae.measure import param_count
 
@@ -47,9 +47,6 @@ FAMILY = (
 # basic block + 7x7 stem; bottleneck + 7x7 stem; deep stem + avg-pool downsampling; anti-aliasing;
 # grouped convs + tiered stem
 NUMERIC = ('saeresnet18', 'saeresnet26', 'saeresnet26d', 'saeresnetaa50d', 'saeresnext26t_32x4d')
-# the fast suite's share of NUMERIC: a basic block; deep stem, avg-pool downsampling and bottleneck; grouped
-# convs and tiered stem (saeresnet26 and saeresnetaa50d run with -m slow)
-FAST = ('saeresnet18', 'saeresnet26d', 'saeresnext26t_32x4d')
 # a basic block and a bottleneck: gradient checkpointing and TorchScript run on the other NUMERIC models with -m slow
 BLOCK_TYPES = ('saeresnet18', 'saeresnet26')
 SIZE = 64  # input height and width

@@ -13,9 +13,10 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck
 
 import timm_sae  # noqa: F401
-from conftest import EXACT_RTOL, randomise_batchnorm
+from conftest import randomise_batchnorm
 from timm_sae.blocks import SaEBottleneck
 from timm_sae.cli import main
+from timm_sae._testing import EXACT_RTOL, relative_error
 from timm_sae.convert import ConversionError, convert_state_dict
 from timm_sae.hub import export_checkpoint
 
@@ -38,7 +39,7 @@ def _relative_error(model: torch.nn.Module, reference: torch.nn.Module, size: in
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(x)
-        return ((model(x) - expected).abs().max() / expected.abs().max()).item()
+        return relative_error(model(x), expected)
 
 
 @pytest.mark.parametrize('name, sae_block, plain_block', [

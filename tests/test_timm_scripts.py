@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401  registers the family in this process too
-from hub_helpers import layout_hub_cache, offline_hub_cache
+from timm_sae._testing import layout_hub_cache, offline_hub_cache
 from timm_sae.hub import read_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,6 @@ import torch
 
 from benchmarks import accuracy, common, sweep, training, warm_start, warm_start_report
 from benchmarks.fashion_mnist import DEFAULT_DATA_DIR, fmnist_protocol, load_fashion_mnist, to_device_data
-from test_accuracy_benchmark import data_dir  # noqa: F401  (the module-scoped fixture of the synthetic data set)
 
 WARM_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.source is not None]
 CONVERTED_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.convert]

@@ -11,44 +11,23 @@ one (eval, small batch, interleaved rounds), printed as the median throughput ra
 of the per-round ratios. That is a glimpse on whatever else the machine is running, not a
 measurement: ``benchmarks/speed.py`` measures speed (``docs/speed.md`` in the source repository).
 """
-import hashlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
-from unittest import mock
 
-import huggingface_hub
 import timm
 import torch
 from safetensors.torch import save_file
 
+from ._testing import EXACT_RTOL, hub_snapshot, offline_hub_cache, relative_error
 from .family import family_table
 from .hub import WEIGHTS_NAME, export_checkpoint
 from .measure import describe, median_ratio, quartiles, time_interleaved
 from .sae_resnet import HUB_ORG, twins
 
 __all__ = ['run_demo', 'warm_start', 'EXACT_RTOL']
-
-EXACT_RTOL = 1e-5  # an exact conversion in fp32: max |logit difference| / max |logit| at most this
-
-
-def _hub_snapshot(cache: Path, repo_id: str) -> Path:
-    """The folder to put ``repo_id``'s files in, in a Hub cache laid out as huggingface_hub reads it: its
-    ``refs/main`` names a commit (any 40 hex digits) whose snapshot folder this is."""
-    repo = cache / f'models--{repo_id.replace("/", "--")}'
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / 'refs').mkdir(parents=True)
-    (repo / 'refs' / 'main').write_text(commit)
-    return repo / 'snapshots' / commit
-
-
-def _offline(cache: Path) -> Any:
-    """Within the block, huggingface_hub is offline and reads ``cache`` as its Hub cache (its constants are read at
-    call time; the HF_HUB_OFFLINE / HF_HUB_CACHE environment variables only at import)."""
-    return mock.patch.multiple(huggingface_hub.constants, HF_HUB_OFFLINE=True, HF_HUB_CACHE=str(cache))
-
 
 def run_demo(
         model_name: str = 'saeresnet50',
@@ -75,10 +54,10 @@ def run_demo(
         tmp = Path(tmp)
         checkpoint = tmp / f'{model_name}.pth'
         torch.save(model.state_dict(), checkpoint)
-        snapshot = export_checkpoint(checkpoint, _hub_snapshot(tmp / 'hub', repo_id), model_name=model_name)
+        snapshot = export_checkpoint(checkpoint, hub_snapshot(tmp / 'hub', repo_id), model_name=model_name)
         out(f'Exported {checkpoint.name} -> {", ".join(sorted(p.name for p in snapshot.iterdir()))}')
         out(f'Hub cache: {snapshot.relative_to(tmp)}')
-        with _offline(tmp / 'hub'):
+        with offline_hub_cache(tmp / 'hub'):
             loaded = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
     with torch.inference_mode():
         identical = torch.equal(model(x), loaded(x))
@@ -128,14 +107,14 @@ def warm_start(model_name: str, x: torch.Tensor, seed: int, out: Callable[[str],
     source = timm.create_model(source_name, zero_init_last=False).eval()  # stand-in for {cfg.hf_hub_id}
     with tempfile.TemporaryDirectory(prefix='timm-sae-demo-') as tmp:
         tmp = Path(tmp)
-        snapshot = _hub_snapshot(tmp, cfg.hf_hub_id)
+        snapshot = hub_snapshot(tmp, cfg.hf_hub_id)
         snapshot.mkdir(parents=True)
         save_file(source.state_dict(), snapshot / WEIGHTS_NAME)
-        with _offline(tmp):
+        with offline_hub_cache(tmp):
             converted = timm.create_model(model_name, pretrained=True).eval()
     with torch.inference_mode():
         expected, logits = source(x), converted(x)
-    error = ((logits - expected).abs().max() / expected.abs().max()).item()
+    error = relative_error(logits, expected)
     out(f"timm.create_model('{model_name}', pretrained=True) with seeded stand-in weights as {cfg.hf_hub_id} "
         f"(tag {cfg.tag}): relative logit difference to {source_name} {error:.1e} (exact conversion; SaE layers "
         f"untrained until fine-tuned)")
