@@ -8,6 +8,7 @@ module), is left out of the counted path; the full path, with it, is printed bel
 the path has left before. ``--code`` traces the ``timm_sae`` of another checkout (e.g. an export of a base commit).
 """
 import argparse
+import functools
 import importlib
 import importlib.util
 import pkgutil
@@ -70,7 +71,8 @@ def _cases(tmp: Path) -> List[Tuple[str, List[str]]]:
     import huggingface_hub
     huggingface_hub.constants.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_CACHE = True, str(tmp / 'hub')
     return [
-        ('export STATE_DICT OUT --model saeresnet18', ['export', str(state_dict), str(tmp / 'a'), '--model', 'saeresnet18']),
+        ('export STATE_DICT OUT --model saeresnet18',
+         ['export', str(state_dict), str(tmp / 'a'), '--model', 'saeresnet18']),
         ('convert FILE OUT --model resnet18', ['convert', str(resnet), str(tmp / 'b'), '--model', 'resnet18']),
         ('convert resnet18.a1_in1k OUT (Hub cache)', ['convert', 'resnet18.a1_in1k', str(tmp / 'c')]),
     ]
@@ -90,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'timm_sae from {package_dir}')
     with tempfile.TemporaryDirectory() as tmp:
         for title, command in _cases(Path(tmp)):
-            stops = trace(lambda: cli(command), package_dir)
+            stops = trace(functools.partial(cli, command), package_dir)
             path = counted(stops)
             print(f'\ntimm-sae {title}')
             print(f'  {len(path)} stops, {returns(path)} returns: {" > ".join(path)}')

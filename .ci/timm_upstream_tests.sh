@@ -17,13 +17,12 @@
 # Bounds. timm's tests fix their input sizes themselves (forward at the default 224 px, backward,
 # torchscript and fx at 128 px, features at 96 px: the TARGET_*/MAX_* constants at the top of
 # test_models.py); no environment variable changes them. The whole family runs, all 22 models
-# (saeresnextaa201d_32x8d and saeresnet269d, the slowest, take about a quarter of the time; exclude
-# them with TIMM_SAE_UPSTREAM_K if a runner needs it), including test_prune_intermediate_layers_contract,
-# which timm's own CI leaves out as slow (it has no marker) but which takes under 1.5 minutes here.
-# Intra-op threads default to one: most of these tests run many small ops, where a second thread
-# gains little, and on a shared 2-core machine OpenMP's barrier waits for a descheduled partner
-# thread slowed the run down: 17 minutes with two threads while other jobs ran, 5 with one.
-# Measured on 2 shared CPU cores (timm 1.0.31, torch 2.14.1): 242 tests, 5 minutes.
+# (saeresnextaa201d_32x8d and saeresnet269d are the slowest; exclude them with TIMM_SAE_UPSTREAM_K if a
+# runner needs it), including test_prune_intermediate_layers_contract, which timm's own CI leaves out as
+# slow (it has no marker) but which is short on this family. Intra-op threads default to one: most of these
+# tests run many small ops, where a second thread gains little, and on a shared machine OpenMP's barrier
+# waits for a descheduled partner thread. pytest-timeout is in the test extra, so timm's per-test limits
+# apply. The run's time on CI's machine: docs/method.md.
 #
 # One edit to timm's file: FEAT_INTER_FILTERS lists, by registry module, the models whose
 # forward_intermediates() and features_only getter timm tests; the SaE models come from

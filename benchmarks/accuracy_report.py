@@ -18,8 +18,17 @@ if __package__ in (None, ''):  # run as a file (python benchmarks/accuracy_repor
 
 from benchmarks.accuracy import CONFIGS, PATHS, PLACEMENT_AND_WIDTH
 from benchmarks.report import (
-    COLUMNS, appendix, delta_column, header, kwargs_text, markdown_table, plot_band, provenance, report_command,
-    save_figure)
+    COLUMNS,
+    appendix,
+    delta_column,
+    header,
+    kwargs_text,
+    markdown_table,
+    plot_band,
+    provenance,
+    report_command,
+    save_figure,
+)
 from benchmarks.stats import CAVEATS, CONFIDENCE, group_runs, reported_top1, verdict
 from benchmarks.sweep import as_json
 

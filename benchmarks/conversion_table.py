@@ -16,16 +16,16 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-if __package__ in (None, ''):  # run as a file (python benchmarks/conversion_table.py): import the package from the repository
+# run as a file (python benchmarks/conversion_table.py): import the package from the repository
+if __package__ in (None, ''):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import timm
 from timm.models import get_pretrained_cfg
 
 import timm_sae  # noqa: F401  (registers the SaE family and its conversion tags)
-from timm_sae.sae_resnet import is_non_commercial, loads_se_weights
-
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, update_doc_section
+from timm_sae.sae_resnet import is_non_commercial, loads_se_weights
 
 RESULTS = REPO_ROOT / 'benchmarks' / 'sources' / 'results-imagenet.csv'
 ALL_TAGS = RESULTS_DIR / 'conversion_tags.md'
@@ -46,7 +46,8 @@ def converted_archs() -> List[str]:
 def table(results: Dict[str, dict], defaults_only: bool = False) -> List[str]:
     """Markdown rows: one registered conversion tag a row, the default tag of each architecture first."""
     lines = [
-        '| SaE tag | source weights (timm) | gate built | license | train / test size | source top-1 (timm) | at size |',
+        '| SaE tag | source weights (timm) | gate built | license | train / test size | source top-1 (timm) '
+        '| at size |',
         '|---|---|---|---|---|---:|---:|',
     ]
     for arch in converted_archs():
@@ -76,7 +77,8 @@ def summary(results: Dict[str, dict]) -> str:
     return (
         f'{len(tags)} tags over {len(converted_archs())} architectures (timm {timm.__version__}): {len(tags) - se} of '
         f'plain ResNet weights, which load into SaE\'s residual gate x * (1 + s), and {se} of SE-ResNet weights, which '
-        f'load into the plain gate x * s (`sae_residual=False`, the only gate they convert into exactly). Source top-1: '
+        f'load into the plain gate x * s (`sae_residual=False`, the only gate they convert into exactly). '
+        f'Source top-1: '
         f'timm\'s ImageNet-1k validation figure for the source weights, from timm\'s `results/results-imagenet.csv` '
         f'(`benchmarks/sources/`), at its evaluation size; {known} of the {len(tags)} sources are in that file. '
         'They are timm\'s measurements of the sources, not ours of the conversions (which compute the same function).')
@@ -84,7 +86,8 @@ def summary(results: Dict[str, dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--doc', type=Path, help='also rewrite the "conversions" section of this doc (docs/pretrained.md)')
+    parser.add_argument(
+        '--doc', type=Path, help='also rewrite the "conversions" section of this doc (docs/pretrained.md)')
     parser.add_argument('--out', type=Path, default=ALL_TAGS, help='the table of every tag (default %(default)s)')
     args = parser.parse_args(argv)
     results = timm_top1()

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-if __package__ in (None, ''):  # run as a file (python benchmarks/fmnist_card.py): import the package from the repository
+# run as a file (python benchmarks/fmnist_card.py): import the package from the repository
+if __package__ in (None, ''):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from timm_sae.cards import RESULTS_NAME, write_card
 
 from benchmarks.accuracy import PATHS
 from benchmarks.common import REPO_ROOT
+from timm_sae.cards import RESULTS_NAME, write_card
 
 CARD_DIR = REPO_ROOT / 'hub_cards' / 'saeresnet18.fmnist'
 CONFIG, SEED = 'saeresnet18', 0

@@ -18,20 +18,21 @@ from pathlib import Path
 from types import MethodType
 from typing import Callable, Dict, List, Optional, Tuple
 
-if __package__ in (None, ''):  # run as a file (python benchmarks/inductor_block.py): import the package from the repository
+# run as a file (python benchmarks/inductor_block.py): import the package from the repository
+if __package__ in (None, ''):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import timm
 import torch
 from timm.models.resnet import Bottleneck
 from torch._functorch import config as functorch_config
-from torch._inductor import config as inductor_config, metrics
-
-from timm_sae import SaEBottleneck
-from timm_sae.measure import median_ratio, quartiles, time_interleaved
+from torch._inductor import config as inductor_config
+from torch._inductor import metrics
 
 from benchmarks.common import RESULTS_DIR
 from benchmarks.environment import command_line, environment, write_report
+from timm_sae import SaEBottleneck
+from timm_sae.measure import median_ratio, quartiles, time_interleaved
 
 # label -> (timm model, SaE Bottlenecks run timm's Bottleneck.forward: the SE-form squeeze)
 MODELS = {
@@ -129,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             steps[label] = lambda step=step: [step() for _ in range(args.calls)]
         times = time_interleaved(steps, rounds=args.rounds, warmup=2, sync=sync)
         for label in MODELS:
-            q1, q3 = quartiles([t / r for t, r in zip(times[label], times['resnet50'])])
+            q1, q3 = quartiles([t / r for t, r in zip(times[label], times['resnet50'], strict=True)])
             results[label][mode].update(time_ratio=median_ratio(times[label], times['resnet50']),
                                         time_ratio_q1=q1, time_ratio_q3=q3)
             print(mode, label, results[label][mode], flush=True)

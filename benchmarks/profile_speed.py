@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-if __package__ in (None, ''):  # run as a file (python benchmarks/profile_speed.py): import the package from the repository
+# run as a file (python benchmarks/profile_speed.py): import the package from the repository
+if __package__ in (None, ''):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch
@@ -34,7 +35,15 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import RESULTS_DIR
 from benchmarks.environment import command_line, environment, write_report
 from benchmarks.speed import (
-    COMPILE_BACKENDS, MODES, PAIRS, Setting, backend_label, build_step, compile_model, device_sync)
+    COMPILE_BACKENDS,
+    MODES,
+    PAIRS,
+    Setting,
+    backend_label,
+    build_step,
+    compile_model,
+    device_sync,
+)
 
 
 def profile_model(s: Setting, warmup: int, steps: int, top: int) -> dict:

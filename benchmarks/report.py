@@ -146,7 +146,7 @@ def report_command(
     md_path.write_text(write_markdown(results, args.results.name))
     write_plot(results, png_path)
     if args.doc:
-        update_doc_section(args.doc, section, doc_summary(results, repo_name(args.results), doc_link(png_path, args.doc)),
-                           script)
+        summary = doc_summary(results, repo_name(args.results), doc_link(png_path, args.doc))
+        update_doc_section(args.doc, section, summary, script)
     print(f'wrote {md_path} and {png_path}')
     return md_path, png_path

@@ -1,4 +1,4 @@
-"""The training loop of the Fashion-MNIST benchmarks: one run of one configuration and seed, its record and checkpoint."""
+"""The training loop of the Fashion-MNIST benchmarks: one run of a configuration and seed, its record and checkpoint."""
 import math
 import random
 import time
@@ -15,11 +15,9 @@ from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 import timm_sae  # noqa: F401  (registers the SaE models)
-from timm_sae.measure import describe, param_count
-
 from benchmarks.environment import hardware
-from benchmarks.fashion_mnist import (
-    CROP_PADDING, NUM_CLASSES, WARMUP_LR_INIT, DeviceData, Normalize, random_crop_flip)
+from benchmarks.fashion_mnist import CROP_PADDING, NUM_CLASSES, WARMUP_LR_INIT, DeviceData, Normalize, random_crop_flip
+from timm_sae.measure import describe, param_count
 
 
 def predict(
@@ -113,7 +111,7 @@ def train(
 
     start = None
     if evaluate_start:
-        start = dict(zip(('val_top1', 'val_loss', 'test_top1', 'test_loss'), evaluate_splits()))
+        start = dict(zip(('val_top1', 'val_loss', 'test_top1', 'test_loss'), evaluate_splits(), strict=True))
     curve: Dict[str, List[float]] = {
         'train_loss': [], 'val_top1': [], 'val_loss': [], 'test_top1': [], 'test_loss': [], 'train_time_s': []}
     best = {'epoch': 0, 'val_top1': -1.}
@@ -145,7 +143,7 @@ def train(
             bar.close()
             raise RuntimeError(f'{desc}: training loss is {train_loss} in epoch {epoch}')
         val_top1, val_loss, test_top1, test_loss = evaluate_splits()
-        for key, value in zip(curve, (train_loss, val_top1, val_loss, test_top1, test_loss, epoch_time)):
+        for key, value in zip(curve, (train_loss, val_top1, val_loss, test_top1, test_loss, epoch_time), strict=True):
             curve[key].append(round(value, 5))
         if val_top1 > best['val_top1']:
             best = {'epoch': epoch, 'val_top1': val_top1, 'val_loss': val_loss,

@@ -29,13 +29,21 @@ import torch
 if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start.py): import the package from the repository
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from timm_sae.convert import convert_state_dict
-
 from benchmarks.common import REPO_ROOT
 from benchmarks.fashion_mnist import BASE_BATCH, DeviceData, Normalize, fmnist_protocol
 from benchmarks.sweep import Run, SweepPaths, resolve_sweep_args, sweep_main, sweep_parser
 from benchmarks.training import (
-    Schedule, checkpoint_path, create_model, predict, run_record, score, seed_everything, train, train_run)
+    Schedule,
+    checkpoint_path,
+    create_model,
+    predict,
+    run_record,
+    score,
+    seed_everything,
+    train,
+    train_run,
+)
+from timm_sae.convert import convert_state_dict
 
 PATHS = SweepPaths(
     results=REPO_ROOT / 'benchmarks' / 'results' / 'warm_start.json',

@@ -17,6 +17,7 @@ if __package__ in (None, ''):  # run as a file (python benchmarks/warm_start_rep
 
 from benchmarks import report, stats
 from benchmarks.warm_start import PATHS
+
 SCRATCH = 'saeresnet18_scratch'
 # Each conversion and the run it is judged against: its continued source (same start, same further epochs).
 REFERENCES = {'resnet18_to_saeresnet18': 'resnet18_continued',
@@ -106,7 +107,8 @@ def summary(results: Dict[str, Any]) -> List[str]:
         report.COLUMNS['model'], report.COLUMNS['kwargs'], ('epochs', lambda rs: str(rs[0]['schedule']['epochs'])),
         report.COLUMNS['n'], report.COLUMNS['test_top1'],
         report.delta_column(runs, REFERENCES.get, 'Δ vs continued source [95% CI]', no_reference='-'),
-        ('epoch-0 test top-1 (%), training precision', start_top1), report.COLUMNS['test_loss'], report.COLUMNS['best_val_top1'],
+        ('epoch-0 test top-1 (%), training precision', start_top1), report.COLUMNS['test_loss'],
+        report.COLUMNS['best_val_top1'],
         report.COLUMNS['best_epoch'],
     ]
     protocol = results['protocol']
@@ -178,7 +180,7 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     first = max(1, source_epochs - 4)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     shown: List[float] = []
-    for ax, source in zip(axes, protocol['source_configs']):
+    for ax, source in zip(axes, protocol['source_configs'], strict=False):
         groups: List[Tuple[str, List[List[float]], int, Dict[str, Any]]] = []
         if source in runs:
             groups.append((f'{source} (source)', [r['curve']['test_top1'] for r in runs[source]], 1,

@@ -53,8 +53,8 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope='module')
 def single_thread() -> Iterator[None]:
-    """One intra-op thread: small inputs gain nothing from more, and on a busy 2-core machine OpenMP's barrier
-    waits for a descheduled partner thread made small-op tests 10-50x slower."""
+    """One intra-op thread: small inputs gain nothing from more, and on a busy machine OpenMP's barrier waits
+    for a descheduled partner thread, which slows small-op tests many times over."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -142,7 +142,8 @@ def test_welch_interval():
     # Hand-computed: diff -1, se^2 = 1/3 + 2.5/5 = 5/6, df = (5/6)^2 / ((1/3)^2/2 + (1/2)^2/4) = 5.88,
     # t_{0.975, 5.88} = 2.4588 (from a t table)
     assert diff == pytest.approx(-1.)
-    assert (high - low) / 2 == pytest.approx(2.4588 * (5 / 6) ** 0.5, abs=1e-4) and (low + high) / 2 == pytest.approx(-1.)
+    assert (high - low) / 2 == pytest.approx(2.4588 * (5 / 6) ** 0.5, abs=1e-4)
+    assert (low + high) / 2 == pytest.approx(-1.)
 
 
 def fabricated_results(without: tuple = ()) -> dict:
@@ -154,7 +155,8 @@ def fabricated_results(without: tuple = ()) -> dict:
         if config in without:
             continue
         for seed in range(1 if config == 'resnet18_cbam' else 3):
-            top1 = 92. + 0.1 * seed + (0.3 if model == 'saeresnet18' else 0.) + (0.5 if config == 'saeresnet18_rd8' else 0.)
+            top1 = (92. + 0.1 * seed + (0.3 if model == 'saeresnet18' else 0.)
+                    + (0.5 if config == 'saeresnet18_rd8' else 0.))
             runs.append({
                 'config': config, 'model': model, 'model_kwargs': sweep.as_json(kwargs), 'seed': seed,
                 'test_top1': top1, 'test_loss': 0.25, 'best_val_top1': top1 + 0.2, 'best_epoch': 3,

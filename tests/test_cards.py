@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 import pytest
-import torch
 import timm
+import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import StrictDataclassError
 from timm.models import get_pretrained_cfg
@@ -303,7 +303,8 @@ def test_card_folder_must_be_named_after_its_results(tmp_path):
 
 def registered_cfgs() -> Dict[str, Dict[str, Any]]:
     """The pretrained cfgs of every registered SaE ``<arch>.<tag>``."""
-    return {name: get_pretrained_cfg(name).to_dict() for name in timm.list_models(module='sae_resnet', include_tags=True)}
+    names = timm.list_models(module='sae_resnet', include_tags=True)
+    return {name: get_pretrained_cfg(name).to_dict() for name in names}
 
 
 def check_cards(cfgs: Mapping[str, Mapping[str, Any]], cards_dir: Path) -> List[str]:

@@ -307,7 +307,8 @@ def test_se_tag_refuses_an_explicit_residual_gate():
             r'saeresnext26d_32x4d\.seresnext26d_32x4d_bt_in1k loads SE weights \(timm/seresnext26d_32x4d\.bt_in1k\), '
             r'which convert exactly only into the plain gate x \* s')):
         timm.create_model('saeresnext26d_32x4d', pretrained=True, sae_residual=True)
-    with pytest.raises(convert.ConversionError, match=r'load plain weights for the residual gate \(saeresnet50\.resnet50_'):
+    pattern = r'load plain weights for the residual gate \(saeresnet50\.resnet50_'
+    with pytest.raises(convert.ConversionError, match=pattern):
         timm.create_model('saeresnet50.seresnet50_a1_in1k', pretrained=True, sae_residual=True)
     # the tag picks the gate only for its own weights: without them, or with a local file, it is the default
     assert timm.create_model('saeresnext26d_32x4d', device='meta').layer1[0].se.residual

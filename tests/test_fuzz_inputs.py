@@ -55,7 +55,8 @@ def _saved(tmp: Path, name: str, write: Callable[[Path], None]) -> bytes:
 
 @pytest.fixture(scope='module')
 def valid_files(tmp_path_factory) -> Dict[str, bytes]:
-    """The bytes of valid files of each format: a state dict (.pth, legacy .pth, .safetensors), a train.py checkpoint."""
+    """The bytes of valid files of each format: a state dict (.pth, legacy .pth, .safetensors), a train.py
+    checkpoint."""
     tmp, sd = tmp_path_factory.mktemp('valid'), _small_state_dict()
     train = {'arch': 'saeresnet18', 'epoch': 3, 'state_dict': sd, 'state_dict_ema': sd,
              'args': argparse.Namespace(model='saeresnet18', num_classes=2, img_size=32)}
@@ -257,7 +258,7 @@ def test_valid_files_of_other_architectures_and_class_counts(command, file, opti
 ], ids=['convert-truncated', 'export-text'])
 def test_the_cli_as_a_user_meets_it(argv, pattern, valid_files, tmp_path):
     """A real process: a truncated checkpoint given to convert; a text file given to export (slow: each process
-    imports torch and timm, 5 to 15 s on 2 cores; the fuzz test gives both kinds of file in-process)."""
+    imports torch and timm; the fuzz test gives both kinds of file in-process)."""
     (tmp_path / 'passwd').write_text('root:x:0:0:root:/root:/bin/bash\n')
     (tmp_path / 'half.pth').write_bytes(valid_files['.pth'][:1000])
     done = subprocess.run([sys.executable, '-m', 'timm_sae.cli', *argv], cwd=tmp_path, capture_output=True,

@@ -14,9 +14,9 @@ on BLOCK_TYPES (a basic block and a bottleneck).
 
 Inputs are batch 1-2 at 64 px, the smallest size at which every stage keeps a 2x2 map (train-mode
 BatchNorm needs more than one value a channel). torch.compile runs with ``-m slow``: one
-saeresnet26 Bottleneck with the ``aot_eager`` backend (dynamo's trace of the block and autograd, 5 s), the
-whole model with ``aot_eager`` (15 to 35 s on 2 cores) and with inductor (about 20 s of C++ compilation from
-a cold cache).
+saeresnet26 Bottleneck with the ``aot_eager`` backend (dynamo's trace of the block and autograd), the
+whole model with ``aot_eager`` (dynamo traces every block) and with inductor (C++ compilation from a cold
+cache).
 """
 import functools
 from contextlib import nullcontext
@@ -26,8 +26,15 @@ import pytest
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SEModule, drop_path, get_graph_node_names, make_divisible, set_reentrant_ckpt, \
-    set_scriptable, use_reentrant_ckpt
+from timm.layers import (
+    SEModule,
+    drop_path,
+    get_graph_node_names,
+    make_divisible,
+    set_reentrant_ckpt,
+    set_scriptable,
+    use_reentrant_ckpt,
+)
 from timm.models import FeatureGraphNet, create_feature_extractor, get_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
@@ -236,7 +243,7 @@ def test_twin_structure(name: str):
             assert isinstance(sae_modules[n], type(twin_module)), n  # SaEBottleneck is a timm Bottleneck
         else:
             assert type(sae_modules[n]) is type(twin_module), n
-    for sae_block, twin_block in zip(_blocks(sae), _blocks(twin)):
+    for sae_block, twin_block in zip(_blocks(sae), _blocks(twin), strict=True):
         assert isinstance(sae_block.se, SqueezeAggregatedExcitation)
         assert sae_block.se.fc_excite.out_features == _last_norm(twin_block).num_features
         assert twin_block.se is None or isinstance(twin_block.se, SEModule)
@@ -271,7 +278,7 @@ def test_resnet50_parameter_counts():
     assert param_count(_meta('saeresnet50')) == sae
     assert param_count(_meta('seresnet50')) == se
     extra = 0
-    for blocks, channels in zip((3, 4, 6, 3), (256, 512, 1024, 2048)):
+    for blocks, channels in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True):
         d = make_divisible(channels / 32, 8, round_limit=0.)
         r = make_divisible(channels / 16, 8, round_limit=0.)
         sae_layer = channels * 4 * d + 4 * d + 4 * d * channels + channels
@@ -452,7 +459,7 @@ def test_torch_compile(backend: str, whole: bool):
     as eager, in eval mode (the narrow squeeze, ``timm_sae.blocks``) and in train mode.
 
     The fast suite compiles one block (layer2's first: stride 2, downsample); dynamo's trace of the whole
-    model takes 15 to 35 s on 2 cores."""
+    model, every block again, runs with -m slow."""
     torch._dynamo.reset()
     model = _create('saeresnet26', num_classes=7).eval()
     if whole:

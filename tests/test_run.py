@@ -79,7 +79,7 @@ def test_cli_run_passes_options_through(script, capsys):
 def test_module_entry_point(script):
     """``python -m timm_sae.run`` in a fresh interpreter: models registered, exit status passed through.
 
-    Slow: the fresh interpreter imports torch and timm (5 to 10 s on 2 cores); the tests above run the same
+    Slow: the fresh interpreter imports torch and timm; the tests above run the same
     ``main`` in this process."""
     done = subprocess.run(
         [sys.executable, '-m', 'timm_sae.run', str(script), '4', '--flag'],
@@ -118,7 +118,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_step_keeps_ranks_identical(tmp_path):
-    """Slow: two fresh processes import torch and timm and train a step (10 to 30 s on 2 cores)."""
+    """Slow: two fresh processes import torch and timm and train a step."""
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
     for key in ranks[0]['end']:

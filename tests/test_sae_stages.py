@@ -14,9 +14,9 @@ from timm.models.resnet import BasicBlock, Bottleneck
 
 import timm_sae  # noqa: F401
 from conftest import randomise_batchnorm
+from timm_sae._testing import EXACT_RTOL, relative_error
 from timm_sae.blocks import SaEBottleneck
 from timm_sae.cli import main
-from timm_sae._testing import EXACT_RTOL, relative_error
 from timm_sae.convert import ConversionError, convert_state_dict
 from timm_sae.hub import export_checkpoint
 

@@ -83,8 +83,8 @@ def hub_cache(work) -> Path:
 def env(work, hub_cache) -> Dict[str, str]:
     """Environment of every script: offline, the temporary Hub cache, no token, one torch thread.
 
-    One thread: at 32 px two gain nothing, and on a busy 2-core machine OpenMP's barrier waits made a train.py
-    run 1.5-3.5x slower (see ``single_thread`` in conftest.py).
+    One thread: at 32 px two gain nothing, and on a busy machine OpenMP's barrier waits slow a train.py run
+    down (see ``single_thread`` in conftest.py).
     """
     base = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
     return dict(

@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import timm_sae  # noqa: F401  (registers the SaE family, which transformers' wrapper builds through timm)
-from timm_sae._testing import layout_hub_cache, offline_hub_cache
 from timm_sae import hub
+from timm_sae._testing import layout_hub_cache, offline_hub_cache
 
 transformers = pytest.importorskip('transformers', reason='transformers is in the test extra: pip install -e .[test]')
 

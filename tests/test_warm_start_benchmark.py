@@ -15,7 +15,7 @@ WARM_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.source is not 
 CONVERTED_ARMS = [name for name, arm in warm_start.ARMS.items() if arm.convert]
 
 
-# The quick study trains 7 runs (about 45 s on 2 busy cores): its tests are marked slow.
+# The quick study trains 7 runs: its tests are marked slow.
 @pytest.fixture(scope='module')
 def study(data_dir, tmp_path_factory, single_thread):
     """One finished --quick study: (argv, results path, checkpoint folder, results document)."""
@@ -207,7 +207,8 @@ def fabricated_results(conversion_differs: int = 0) -> dict:
                      'finetune': {'epochs': 5, 'lr': 0.01}, 'scratch_epochs': 20,
                      'exactness_check': 'before fine-tuning, the check'},
         'versions': {'torch': '2.14.1', 'timm': '1.0.31'}, 'hardware': ['test machine'],
-        'commands': ['python benchmarks/warm_start.py'], 'wall_time_s': 60., 'invocations': [{'workers': 1, 'device': 'cuda'}],
+        'commands': ['python benchmarks/warm_start.py'], 'wall_time_s': 60.,
+        'invocations': [{'workers': 1, 'device': 'cuda'}],
         'runs': runs, 'missing': [],
     }
 

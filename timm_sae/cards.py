@@ -57,7 +57,7 @@ def _record(cls: Type[R], data: Any, where: str) -> R:
     try:
         return cls(**data)
     except (TypeError, StrictDataclassError) as e:  # a missing or unknown key; which field is off, then what in it
-        causes = [e]
+        causes: List[BaseException] = [e]
         while causes[-1].__cause__ is not None:
             causes.append(causes[-1].__cause__)
         reason = ': '.join(str(c) for c in causes if not isinstance(c, StrictDataclassError))
@@ -94,7 +94,7 @@ class Source:
             raise ValueError(f'paper_ids must be arXiv ids such as 2110.00476 or arXiv:2110.00476, got {bad}')
 
     @classmethod
-    def from_cfg(cls, name: str, kind: str, cfg: Dict[str, Any]) -> 'Source':
+    def from_cfg(cls, name: str, kind: Literal['plain', 'se'], cfg: Dict[str, Any]) -> 'Source':
         """The source ``name`` with the Hub id, license and papers of its timm pretrained cfg (a dict)."""
         papers = cfg.get('paper_ids') or []
         return cls(name=name, kind=kind, hf_hub_id=cfg.get('hf_hub_id'), license=cfg.get('license'),
@@ -237,8 +237,9 @@ def render_card(info: Union[Results, ExportInfo], name: Optional[str] = None, fo
         twin=names.se or names.plain, img_size=f'{h} x {w}', residual=info.model_args.get('sae_residual', True),
         metric_names={k: v[1] for k, v in METRIC_TYPES.items()},
         source_link=source and (
-            f'[`{source.name}`](https://huggingface.co/{source.hf_hub_id})' if source.hf_hub_id else f'`{source.name}`'),
-        source_papers=[ARXIV_ID.fullmatch(p).group(1) for p in source.paper_ids] if source else [])
+            f'[`{source.name}`](https://huggingface.co/{source.hf_hub_id})' if source.hf_hub_id
+            else f'`{source.name}`'),
+        source_papers=[p.split(':')[-1] for p in source.paper_ids] if source else [])  # arXiv ids, checked
     return str(card)
 
 

@@ -27,12 +27,13 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, cast
 
 import safetensors.torch
 import timm
 import torch
-from timm.models import clean_state_dict, get_pretrained_cfg, split_model_name_tag
+from timm.models import PretrainedCfg, clean_state_dict, get_pretrained_cfg, split_model_name_tag
+from timm.models.resnet import ResNet
 
 from .convert import source_kind
 from .errors import CheckpointError, first_line, some_names, state_dict_mismatch
@@ -66,7 +67,7 @@ _FOREIGN = (  # (leading bytes, what a file starting with them is)
 # pretrained cfg fields that describe particular weights rather than the architecture and its preprocessing
 DESCRIPTIVE_CFG_KEYS = ('tag', 'description', 'notes', 'license', 'paper_ids', 'paper_name', 'origin_url')
 _DATA_ARGS = ('input_size', 'img_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
-_ARG_TYPES = {
+_ARG_TYPES: Dict[str, Union[type, Tuple[type, ...]]] = {
     'model': str, 'num_classes': int, 'in_chans': int, 'model_kwargs': dict, 'gp': str, 'pretrained_path': str,
     'input_size': (list, tuple), 'img_size': int, 'crop_pct': (int, float), 'crop_mode': str, 'interpolation': str,
     'mean': (list, tuple), 'std': (list, tuple)}
@@ -89,7 +90,7 @@ class Checkpoint:
 @dataclass
 class Export:
     """A model to write as a Hub folder, with what its config.json and card say besides its weights."""
-    model: torch.nn.Module
+    model: ResNet
     model_args: Dict[str, Any] = field(default_factory=dict)  # the entrypoint arguments it was built with
     data_config: Dict[str, Any] = field(default_factory=dict)  # its preprocessing, in train.py's argument names
     label_names: List[str] = field(default_factory=list)
@@ -242,13 +243,15 @@ def read_checkpoint(path: PathLike, use_ema: bool = False) -> Checkpoint:
     elif any(isinstance(obj.get(k), dict) for k in ('state_dict', 'model')):
         entry = 'state_dict' if isinstance(obj.get('state_dict'), dict) else 'model'
     state_dict = obj[entry] if entry else obj
-    not_tensors = sorted(str(k) for k, v in state_dict.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+    not_tensors = sorted(
+        str(k) for k, v in state_dict.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
     if not_tensors:
         raise CheckpointError(
             f'{path} is neither a state dict nor a timm checkpoint: {some_names(not_tensors)} are not named tensors')
     args = obj.get('args') if entry else None
     args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
-    wrong = [f'{k}={args[k]!r}' for k, kind in _ARG_TYPES.items() if args.get(k) is not None and not isinstance(args[k], kind)]
+    wrong = [f'{k}={args[k]!r}' for k, kind in _ARG_TYPES.items()
+             if args.get(k) is not None and not isinstance(args[k], kind)]
     if wrong:
         raise CheckpointError(f'{path} has train.py arguments of the wrong type ({some_names(wrong)}); '
                               f'give the state dict alone and name the architecture with --model')
@@ -318,7 +321,7 @@ def implied_model(checkpoint: Checkpoint, model_name: Optional[str] = None) -> T
     if not name:
         raise CheckpointError('the checkpoint does not name its architecture; give it with --model (timm-sae list)')
     arch = timm_arch(name)
-    cfg, weights = get_pretrained_cfg(arch), checkpoint.state_dict
+    cfg, weights = get_pretrained_cfg(arch) or PretrainedCfg(), checkpoint.state_dict
     head, stem = weights.get(f'{cfg.classifier}.weight'), weights.get(f'{cfg.first_conv}.weight')
     kwargs = {**(args.get('model_kwargs') or {}), **({'global_pool': args['gp']} if args.get('gp') else {})}
     kwargs['num_classes'] = next(n for n in (
@@ -349,7 +352,7 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], wh
 
 def model_from_checkpoint(
         checkpoint: Checkpoint, model_name: Optional[str] = None, num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> torch.nn.Module:
+        in_chans: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None) -> ResNet:
     """The SaE model the checkpoint's weights belong to, with those weights.
 
     Each setting comes from the arguments, else from what the checkpoint implies (``implied_model``). The model
@@ -362,13 +365,14 @@ def model_from_checkpoint(
     kwargs.update({k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None})
     try:
         # the registry tag's description, license and papers are not these weights'
-        model = timm.create_model(
-            arch, device='meta', pretrained_cfg_overlay=dict.fromkeys(DESCRIPTIVE_CFG_KEYS), **kwargs)
+        model = cast(ResNet, timm.create_model(
+            arch, device='meta', pretrained_cfg_overlay=dict.fromkeys(DESCRIPTIVE_CFG_KEYS), **kwargs))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f'{arch} cannot be built with {kwargs}: {first_line(e)}') from e
     what = f'{arch}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
     fix = 'name the architecture with --model and its arguments with --num-classes / --in-chans / --model-kwargs'
-    return load_weights(model, checkpoint.state_dict, what, fix).eval()
+    load_weights(model, checkpoint.state_dict, what, fix)
+    return model.eval()
 
 
 def read_label_names(path: PathLike, num_classes: int) -> List[str]:
@@ -428,7 +432,7 @@ def read_conversion_source(
     checkpoint = read_checkpoint(path, use_ema=use_ema)
     arch, kwargs = implied_model(checkpoint, source_model)
     sae_target(arch)
-    cfg = {k: v for k, v in get_pretrained_cfg(arch).to_dict().items()
+    cfg = {k: v for k, v in (get_pretrained_cfg(arch) or PretrainedCfg()).to_dict().items()
            if k not in DESCRIPTIVE_CFG_KEYS + ('hf_hub_id', 'url')}
     cfg.update(architecture=arch, **checkpoint.data_config)
     cfg.update(num_classes=kwargs['num_classes'], input_size=(kwargs['in_chans'], *cfg['input_size'][1:]))

@@ -23,7 +23,7 @@ loads) sit beside the entrypoints in ``timm_sae.sae_resnet``.
 """
 import importlib
 import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck
@@ -39,9 +39,10 @@ EXCITATION_BIAS = 0.  # s = sigmoid(0) = 1/2: the gate's steepest point, and 1 +
 
 _SAE_KEY = '.se.fc_branches.weight'
 _SE_KEY = '.se.fc1.weight'
+_SE_PARAMS = ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')
 
 
-def source_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+def source_kind(state_dict: Mapping[str, torch.Tensor]) -> Literal['sae', 'se', 'plain']:
     """'sae', 'se' or 'plain': which kind of ResNet the state dict's attention keys belong to."""
     if any(k.endswith(_SAE_KEY) for k in state_dict):
         return 'sae'
@@ -129,10 +130,11 @@ def convert_state_dict(
                 raise ConversionError(
                     f'an SE source converts exactly only into the plain gate (1 + s > 1 > s): create the model '
                     f'with sae_residual=False. {_fits(model)}')
-            se = {p: source.get(f'{layer}{p}') for p in ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')}
-            absent = [layer + p for p, v in se.items() if v is None]
+            se = {p: source[layer + p] for p in _SE_PARAMS if layer + p in source}
+            absent = [layer + p for p in _SE_PARAMS if p not in se]
             if absent:
-                raise ConversionError(f'the SE weights lack {some_names(absent)}; give a complete timm SE ResNet state dict')
+                raise ConversionError(
+                    f'the SE weights lack {some_names(absent)}; give a complete timm SE ResNet state dict')
             reduced = se['fc1.weight'].shape[0]
             if reduced > branch_w.shape[0]:
                 raise ConversionError(

@@ -50,8 +50,8 @@ def run_demo(
     model = timm.create_model(model_name).eval()
     repo_id = f'{HUB_ORG}/{model_name}.demo'
     x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
-    with tempfile.TemporaryDirectory(prefix='timm-sae-demo-') as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix='timm-sae-demo-') as tmp_dir:
+        tmp = Path(tmp_dir)
         checkpoint = tmp / f'{model_name}.pth'
         torch.save(model.state_dict(), checkpoint)
         snapshot = export_checkpoint(checkpoint, hub_snapshot(tmp / 'hub', repo_id), model_name=model_name)
@@ -68,6 +68,8 @@ def run_demo(
 
     names = twins(model_name)
     twin_name = names.se or names.plain
+    if twin_name is None:
+        raise ValueError(f'{model_name} is not a model of the SaE family: timm-sae list shows them')
     input_size = (3, img_size, img_size)
     stats = {name: describe(name, input_size) for name in (model_name, twin_name)}
     torch.manual_seed(seed)
@@ -76,7 +78,7 @@ def run_demo(
         times = time_interleaved(
             {model_name: lambda: model(x), twin_name: lambda: twin(x)}, rounds=rounds, warmup=1)
     ratio = median_ratio(times[twin_name], times[model_name])  # t_twin / t_model: throughput ratio
-    q1, q3 = quartiles([t / m for t, m in zip(times[twin_name], times[model_name])])
+    q1, q3 = quartiles([t / m for t, m in zip(times[twin_name], times[model_name], strict=True)])
     out('')
     out(f'| model | params (M) | GMACs @ {img_size}px | ms / batch of {batch_size}, median [quartiles] of {rounds} |')
     out('|---|---:|---:|---:|')
@@ -100,13 +102,13 @@ def warm_start(model_name: str, x: torch.Tensor, seed: int, out: Callable[[str],
     """``create_model(model_name, pretrained=True)`` from stand-in source weights; the relative logit difference."""
     source_name = twins(model_name).plain
     cfg = timm.models.get_pretrained_cfg(model_name)
-    if source_name is None or not cfg.hf_hub_id:
+    if source_name is None or cfg is None or not cfg.hf_hub_id:
         out(f'{model_name} has no plain timm twin with weights: no warm-start tag to show')
         return None
     torch.manual_seed(seed)
     source = timm.create_model(source_name, zero_init_last=False).eval()  # stand-in for {cfg.hf_hub_id}
-    with tempfile.TemporaryDirectory(prefix='timm-sae-demo-') as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix='timm-sae-demo-') as tmp_dir:
+        tmp = Path(tmp_dir)
         snapshot = hub_snapshot(tmp, cfg.hf_hub_id)
         snapshot.mkdir(parents=True)
         save_file(source.state_dict(), snapshot / WEIGHTS_NAME)

@@ -3,7 +3,7 @@ from collections import Counter
 from typing import Any, List, Mapping
 
 import timm
-from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
+from timm.models import PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
 
 from .measure import describe
 from .sae_resnet import conversion_tag, is_non_commercial, twins
@@ -41,7 +41,7 @@ def family_table(img_size: int = 224) -> List[str]:
         sae, twin = describe(name, input_size), twins(name).se
         twin_params = f"{describe(twin, input_size)['params_m']:.2f}" if twin else '-'
         kinds = Counter(tag_weights(tag, vars(cfg)) for tag, cfg in get_arch_pretrained_cfgs(name).items())
-        cfg = get_pretrained_cfg(name)
+        cfg = get_pretrained_cfg(name) or PretrainedCfg()
         license = f'{cfg.license} (non-commercial)' if is_non_commercial(cfg.license) else cfg.license
         lines.append(
             f"| {name} | {sae['params_m']:.2f} | {sae['gmacs']:.2f} | {twin or 'none'} | {twin_params} | {cfg.tag} | "

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import timm
 import torch
@@ -32,8 +32,17 @@ from timm.models.resnet import ResNet
 from . import cards
 from .cards import CARD_NAME
 from .checkpoint import (
-    DESCRIPTIVE_CFG_KEYS, Checkpoint, Export, check_finite, implied_model, model_from_checkpoint,
-    read_checkpoint, read_conversion_source, read_export, sae_target)
+    DESCRIPTIVE_CFG_KEYS,
+    Checkpoint,
+    Export,
+    check_finite,
+    implied_model,
+    model_from_checkpoint,
+    read_checkpoint,
+    read_conversion_source,
+    read_export,
+    sae_target,
+)
 from .convert import source_kind
 from .errors import CheckpointError, HubError, PushError, first_line, some_names
 from .measure import gmacs, param_count
@@ -60,7 +69,8 @@ def _export(
     _check_target(output_dir, overwrite)
     export = load()
     model = export.model
-    arch, sae_args = model.pretrained_cfg['architecture'], sae_model_args(export.model_args)
+    model_cfg = cast(Dict[str, Any], model.pretrained_cfg)
+    arch, sae_args = model_cfg['architecture'], sae_model_args(export.model_args)
     input_size = tuple(resolve_input_data_config(model, args=export.data_config)['input_size'])
     params = param_count(model)
     card, results = cards.export_card(
@@ -68,7 +78,7 @@ def _export(
         export.source, export.license)
     cfg: Dict[str, Any] = {}  # what config.json's pretrained_cfg says of these weights instead of the model's cfg
     if export.source is None:
-        cfg = {k: None for k in DESCRIPTIVE_CFG_KEYS if model.pretrained_cfg.get(k) is not None}
+        cfg = {k: None for k in DESCRIPTIVE_CFG_KEYS if model_cfg.get(k) is not None}
         cfg.update(paper_ids=SAE_PAPER_ID, license=(results and results.license) or export.license or 'apache-2.0')
     if results is not None:
         cfg['tag'] = results.tag
@@ -86,7 +96,7 @@ def _write_folder(
         raise CheckpointError(f'cannot create {output_dir}: {e.strerror}') from e
     try:
         save_for_hf(
-            export.model, tmp, model_config=dict(pretrained_cfg=cfg, label_names=export.label_names),
+            export.model, str(tmp), model_config=dict(pretrained_cfg=cfg, label_names=export.label_names),
             model_args=model_args, data_config=export.data_config, safe_serialization=True)
         # timm records num_classes and global_pool in model_args too; transformers' timm wrapper passes
         # num_classes itself and fails on a second one (see _portable_model_args)
@@ -119,8 +129,8 @@ def save_export(
     (default: the results', else apache-2.0).
     """
     return _export(
-        lambda: Export(model, dict(model_args or {}), dict(data_config or {}), list(label_names or []), license,
-                       source),
+        lambda: Export(cast(ResNet, model), dict(model_args or {}), dict(data_config or {}), list(label_names or []),
+                       license, source),
         output_dir, overwrite, results)
 
 
@@ -221,7 +231,7 @@ def _conversion(
             num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
     except (TypeError, ValueError) as e:  # ConversionError, and bad SaE arguments
         raise CheckpointError(f'{name} -> {target}: {first_line(e)}') from e
-    return Export(model.eval(), sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg))
+    return Export(cast(ResNet, model.eval()), sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg))
 
 
 def _check_timm_name(source: str) -> None:
@@ -234,7 +244,8 @@ def _check_timm_name(source: str) -> None:
     sae_target(arch)
     tags = [name.split('.', 1)[1] for name in timm.list_pretrained(f'{arch}.*')]
     if not tags:
-        raise CheckpointError(f'timm has no pretrained weights of {arch}; give a checkpoint file of it with --model {arch}')
+        raise CheckpointError(
+            f'timm has no pretrained weights of {arch}; give a checkpoint file of it with --model {arch}')
     if tag and tag not in tags:
         raise CheckpointError(f'timm has no tag {tag!r} of {arch}; its tags are {some_names(tags, 8)}')
 
@@ -266,7 +277,7 @@ def _conversion_source(
         model = timm.create_model(source, pretrained=True)
     except Exception as e:  # Hub, cache and network failures, whichever client raised them
         raise CheckpointError(_load_error(source, e)) from e
-    cfg = dict(model.pretrained_cfg)
+    cfg = dict(cast(Dict[str, Any], model.pretrained_cfg))
     if source.startswith(('hf-hub:', 'local-dir:')) or not cfg.get('tag'):
         return model.state_dict(), cfg, source
     return model.state_dict(), cfg, f"{cfg['architecture']}.{cfg['tag']}"
@@ -308,12 +319,14 @@ def push_folder(
             commit_message=commit_message,
             allow_patterns=[n for n in EXPORT_FILES if not (keep_card and n == CARD_NAME)])
     except HfHubHTTPError as e:
-        raise PushError({
+        messages = {
             401: 'the Hub refused the token (401 Unauthorized); check --token / HF_TOKEN or log in again with '
                  '`hf auth login`',
             403: f'the token may not write to {repo_id} (403 Forbidden); use a token with write access to '
                  f'{repo_id.split("/")[0]}',
-        }.get(getattr(e.response, 'status_code', None), f'the Hub refused the push to {repo_id} ({first_line(e)})')) from e
+        }
+        status = e.response.status_code if e.response is not None else None
+        raise PushError(messages.get(status, f'the Hub refused the push to {repo_id} ({first_line(e)})')) from e
     except Exception as e:  # network and transport failures, whichever HTTP client huggingface_hub uses
         raise PushError(
             f'could not reach the Hugging Face Hub ({type(e).__name__}: {first_line(e)}); check the network '

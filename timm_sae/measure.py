@@ -78,7 +78,7 @@ def time_interleaved(
 
 def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     """Median over rounds of numerator[i] / denominator[i]."""
-    return statistics.median(n / d for n, d in zip(numerator, denominator))
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
 
 
 def quartiles(values: Sequence[float]) -> Tuple[float, float]:

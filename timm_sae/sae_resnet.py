@@ -28,12 +28,19 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Opt
 
 import timm
 import torch
-from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import (
-    PretrainedCfg, build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, get_pretrained_cfg,
-    register_model, resolve_pretrained_cfg, split_model_name_tag)
+    PretrainedCfg,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_arch_pretrained_cfgs,
+    get_pretrained_cfg,
+    register_model,
+    resolve_pretrained_cfg,
+    split_model_name_tag,
+)
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import nn
 
 from .blocks import SaEBottleneck
 from .errors import ConversionError, NoWeightsError, some_names
@@ -67,7 +74,8 @@ def twins(name: str) -> Twins:
     bases = [arch[3:]] if arch.startswith('sae') else [
         arch[len(p):] for p in ('se', '') if arch.startswith(p) and timm.is_model(f'sae{arch[len(p):]}')]
     for base in bases:
-        names = Twins(*(n if timm.is_model(n) else None for n in (base, f'se{base}')), f'sae{base}')
+        plain, se = (n if timm.is_model(n) else None for n in (base, f'se{base}'))
+        names = Twins(plain, se, f'sae{base}')
         if arch in names:
             return names
     return Twins(None, None, None)
@@ -169,7 +177,7 @@ def _hub_weights(cfg: Mapping[str, Any]) -> Optional[str]:
 def loads_se_weights(sae_arch: str, cfg: Mapping[str, Any]) -> bool:
     """Whether timm loads the cfg's weights from a repository of the SE twin's weights (``timm/seresnet50.a1_in1k``)."""
     hub, se = _hub_weights(cfg), twins(sae_arch).se
-    return bool(hub and se) and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
+    return hub is not None and se is not None and split_model_name_tag(hub.rsplit('/', 1)[-1])[0] == se
 
 
 def is_non_commercial(license: Optional[str]) -> bool:
@@ -228,8 +236,8 @@ def pretrained_gate(
         variant: str,
         sae_residual: Optional[bool],
         pretrained: bool,
-        pretrained_cfg: Optional[Union[str, Dict[str, Any], PretrainedCfg]] = None,
-        pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
+        pretrained_cfg: Optional[Union[str, Dict[str, Any]]] = None,
+        pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
 ) -> bool:
     """The ``sae_residual`` to build ``variant`` with: as given, else False where ``pretrained=True`` loads SE weights
     (the only gate they convert into exactly), else True.
@@ -308,10 +316,11 @@ def conversion_cfgs(sae_arch: str, source_arch: str) -> Dict[str, Dict[str, Any]
 
     The source's default tag comes first, so that its conversion becomes the SaE architecture's default.
     """
-    default = get_pretrained_cfg(source_arch).tag
+    default = (get_pretrained_cfg(source_arch) or PretrainedCfg()).tag
     sources = sorted(get_arch_pretrained_cfgs(source_arch).values(), key=lambda c: c.tag != default)
     return {
-        f'{sae_arch}.{conversion_tag(f"{source_arch}.{c.tag}")}': converted_cfg(c.to_dict(), f'timm\'s {source_arch}.{c.tag}')
+        f'{sae_arch}.{conversion_tag(f"{source_arch}.{c.tag}")}':
+            converted_cfg(c.to_dict(), f'timm\'s {source_arch}.{c.tag}')
         for c in sources if c.hf_hub_id}
 
 
@@ -511,7 +520,8 @@ def saeresnextaa101d_32x8d(pretrained: bool = False, **kwargs) -> ResNet:
 
 @register_model
 def saeresnextaa201d_32x8d(pretrained: bool = False, **kwargs) -> ResNet:
-    """SaE-ResNeXt-201-D 32x8d with avg-pool anti-aliasing, twin of seresnextaa201d_32x8d: (3, 24, 36, 4), 64-wide deep stem."""
+    """SaE-ResNeXt-201-D 32x8d with avg-pool anti-aliasing, twin of seresnextaa201d_32x8d: (3, 24, 36, 4),
+    64-wide deep stem."""
     model_args = dict(
         block=SaEBottleneck, layers=(3, 24, 36, 4), cardinality=32, base_width=8,
         stem_width=64, stem_type='deep', avg_down=True, aa_layer=nn.AvgPool2d)
