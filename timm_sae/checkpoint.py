@@ -2,7 +2,8 @@
 
 ``read_export`` reads and checks a checkpoint once, works out the architecture, the entrypoint arguments, the gate
 and the license from it and from train.py's arguments (``implied_model``, ``train_args_gate``), and builds the model
-with its weights: what ``timm_sae.hub`` writes as a Hub folder.
+with its weights: what ``timm_sae.hub`` writes as a Hub folder. ``read_conversion_source`` reads the plain or SE
+weights a conversion starts from: a checkpoint file, or timm's own weights by name.
 
 ``read_weights_file`` looks at the first bytes before it parses anything and tells apart a zip-based PyTorch
 checkpoint (``torch.save``), a legacy PyTorch pickle, a safetensors file (8-byte header length, then a JSON
@@ -27,22 +28,23 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Dict, List, Literal, Mapping, NamedTuple, Optional, Tuple, Union, cast
 
 import safetensors.torch
 import timm
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from timm.models import PretrainedCfg, clean_state_dict, get_pretrained_cfg, split_model_name_tag
 from timm.models.resnet import ResNet
 
-from .convert import source_kind
-from .errors import CheckpointError, first_line, some_names, state_dict_mismatch
-from .sae_resnet import loads_se_weights, twins
+from .convert import state_dict_mismatch
+from .errors import CheckpointError, first_line, some_names
+from .sae_resnet import loads_se_weights, source_kind, twins
 
 __all__ = [
-    'Checkpoint', 'Export', 'read_checkpoint', 'read_weights_file', 'nonfinite_weights', 'check_finite',
-    'train_args_gate', 'timm_arch', 'implied_model', 'check_fit', 'load_weights', 'model_from_checkpoint',
-    'read_label_names', 'read_export', 'sae_target', 'read_conversion_source',
+    'Checkpoint', 'Export', 'ConversionSource', 'read_checkpoint', 'read_weights_file', 'nonfinite_weights',
+    'check_finite', 'train_args_gate', 'timm_arch', 'implied_model', 'check_fit', 'load_weights',
+    'model_from_checkpoint', 'read_label_names', 'read_export', 'sae_target', 'read_conversion_source',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -423,7 +425,36 @@ def sae_target(arch: str) -> str:
     return sae
 
 
-def read_conversion_source(
+def _check_timm_name(source: str) -> None:
+    """Refuse, before any download, a timm name whose architecture has no SaE twin or whose tag timm lacks."""
+    arch, tag = split_model_name_tag(source)
+    if not timm.is_model(arch):
+        raise CheckpointError(
+            f'{source} is neither a file nor a timm model; give a checkpoint or a timm name with tag such as '
+            f'resnet50.a1_in1k (timm.list_pretrained(\'resnet50.*\') lists them)')
+    sae_target(arch)
+    tags = [name.split('.', 1)[1] for name in timm.list_pretrained(f'{arch}.*')]
+    if not tags:
+        raise CheckpointError(
+            f'timm has no pretrained weights of {arch}; give a checkpoint file of it with --model {arch}')
+    if tag and tag not in tags:
+        raise CheckpointError(f'timm has no tag {tag!r} of {arch}; its tags are {some_names(tags, 8)}')
+
+
+# errors of reaching the Hub (huggingface_hub's, the builtin ones, and its HTTP client's transport errors by name)
+_NETWORK_ERRORS = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+_NETWORK_ERROR_NAMES = {'TransportError', 'ConnectionError', 'Timeout', 'TimeoutException'}
+
+
+def _load_error(source: str, error: Exception) -> str:
+    """What went wrong loading ``source`` from timm; network advice only for errors of reaching the Hub."""
+    if isinstance(error, _NETWORK_ERRORS) or _NETWORK_ERROR_NAMES & {c.__name__ for c in type(error).__mro__}:
+        return (f'cannot load {source}: the Hugging Face Hub cannot be reached and the weights are not in its cache '
+                f'({type(error).__name__}); check the network, HF_HUB_OFFLINE and HF_HUB_CACHE')
+    return f'cannot load {source} ({type(error).__name__}: {first_line(error)})'
+
+
+def _file_source(
         path: Path, source_model: Optional[str], use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The weights of a checkpoint of a timm plain or SE ResNet and the pretrained cfg they imply: the architecture's
     preprocessing with train.py's, its classes and input channels, and no weights' description."""
@@ -437,6 +468,56 @@ def read_conversion_source(
     cfg.update(architecture=arch, **checkpoint.data_config)
     cfg.update(num_classes=kwargs['num_classes'], input_size=(kwargs['in_chans'], *cfg['input_size'][1:]))
     if source_kind(checkpoint.state_dict) != 'sae':  # checked on the meta device; SaE weights are refused later
-        check_fit(timm.create_model(arch, device='meta', **kwargs), checkpoint.state_dict, arch,
-                  "name the checkpoint's architecture with --model")
+        load_weights(timm.create_model(arch, device='meta', **kwargs), checkpoint.state_dict, arch,
+                     "name the checkpoint's architecture with --model")
     return checkpoint.state_dict, cfg
+
+
+def _timm_source(source: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+    """The weights timm loads for ``source`` (a name with tag, ``hf-hub:`` or ``local-dir:``), their pretrained cfg
+    and their name."""
+    if not source.startswith(('hf-hub:', 'local-dir:')):
+        _check_timm_name(source)
+    try:
+        model = timm.create_model(source, pretrained=True)
+    except Exception as e:  # Hub, cache and network failures, whichever client raised them
+        raise CheckpointError(_load_error(source, e)) from e
+    cfg = dict(cast(Dict[str, Any], model.pretrained_cfg))
+    if source.startswith(('hf-hub:', 'local-dir:')) or not cfg.get('tag'):
+        return model.state_dict(), cfg, source
+    return model.state_dict(), cfg, f"{cfg['architecture']}.{cfg['tag']}"
+
+
+class ConversionSource(NamedTuple):
+    """Plain or SE ResNet weights to convert into their SaE twin ``target``."""
+    state_dict: Dict[str, torch.Tensor]
+    cfg: Dict[str, Any]  # their pretrained cfg
+    name: str  # timm's name with tag, the hf-hub: id or the file's name
+    kind: Literal['plain', 'se']
+    target: str
+
+
+def read_conversion_source(
+        source: str, source_model: Optional[str] = None, use_ema: bool = False, allow_nonfinite: bool = False,
+) -> ConversionSource:
+    """The plain or SE ResNet weights to convert, read and checked once.
+
+    ``source`` is a checkpoint file (architecture: ``source_model``, else what it implies; ``use_ema`` for its EMA
+    weights), a timm name with tag (``resnet50.a1_in1k``: from the Hub or its cache), ``hf-hub:ORG/NAME`` or
+    ``local-dir:``. Names are checked before anything is read or downloaded; SaE weights, architectures without an
+    SaE twin and, unless ``allow_nonfinite``, NaN or inf are refused.
+    """
+    path = Path(source)
+    if path.is_file() or path.suffix in ('.pth', '.tar', '.bin', '.safetensors', '.pt'):
+        state_dict, cfg = _file_source(path, source_model, use_ema)
+        name = path.name
+    elif source_model:
+        raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
+    else:
+        state_dict, cfg, name = _timm_source(source)
+    kind = source_kind(state_dict)
+    if kind == 'sae':
+        raise CheckpointError(f'{name} holds SaE weights already; export them with timm-sae export')
+    target = sae_target(cfg['architecture'])
+    check_finite(state_dict, name, allow_nonfinite)
+    return ConversionSource(state_dict, cfg, name, kind, target)

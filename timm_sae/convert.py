@@ -23,33 +23,40 @@ loads) sit beside the entrypoints in ``timm_sae.sae_resnet``.
 """
 import importlib
 import warnings
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
-from .errors import ConversionError, some_names, state_dict_mismatch
-from .sae_resnet import twins
+from .errors import ConversionError, some_names
+from .sae_resnet import source_kind, twins
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
-__all__ = ['ConversionError', 'source_kind', 'convert_state_dict']
+__all__ = ['ConversionError', 'source_kind', 'state_dict_mismatch', 'convert_state_dict']
 
 EXCITATION_BIAS = 0.  # s = sigmoid(0) = 1/2: the gate's steepest point, and 1 + s = 3/2 is exact in floating point
 
-_SAE_KEY = '.se.fc_branches.weight'
-_SE_KEY = '.se.fc1.weight'
 _SE_PARAMS = ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')
 
 
-def source_kind(state_dict: Mapping[str, torch.Tensor]) -> Literal['sae', 'se', 'plain']:
-    """'sae', 'se' or 'plain': which kind of ResNet the state dict's attention keys belong to."""
-    if any(k.endswith(_SAE_KEY) for k in state_dict):
-        return 'sae'
-    if any(k.endswith(_SE_KEY) for k in state_dict):
-        return 'se'
-    return 'plain'
 
+def state_dict_mismatch(
+        expected: Mapping[str, torch.Tensor],
+        given: Mapping[str, torch.Tensor],
+        ignore: Iterable[str] = (),
+) -> str:
+    """How ``given`` differs from ``expected`` in keys and shapes ('N missing (...); N mis-shaped (...)'), '' when
+    it fits. Keys in ``ignore`` may differ in shape or be absent on either side."""
+    ignore = set(ignore)
+    missing = sorted(k for k in expected.keys() - given.keys() if k not in ignore)
+    unexpected = sorted(k for k in given.keys() - expected.keys() if k not in ignore)
+    misshaped = sorted(
+        f'{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}'
+        for k in expected.keys() & given.keys() - ignore if given[k].shape != expected[k].shape)
+    return '; '.join(
+        f'{len(names)} {what} ({some_names(names)})'
+        for what, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names)
 
 
 def _sae_blocks(model: nn.Module) -> List[Tuple[str, str, SqueezeAggregatedExcitation]]:

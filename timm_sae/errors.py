@@ -3,13 +3,11 @@
 Each message says what is wrong and what to do; the CLI catches ``TimmSaeError`` and prints it. The classes also
 derive from the builtin exception a caller would expect (``ValueError`` for bad input, ...).
 """
-from typing import Iterable, Mapping, Sequence
-
-import torch
+from typing import Sequence
 
 __all__ = [
     'TimmSaeError', 'ConversionError', 'NoWeightsError', 'CardError', 'HubError', 'CheckpointError', 'PushError',
-    'ScriptNotFoundError', 'first_line', 'some_names', 'state_dict_mismatch',
+    'ScriptNotFoundError', 'first_line', 'some_names',
 ]
 
 
@@ -54,21 +52,3 @@ def some_names(names: Sequence[str], limit: int = 5) -> str:
     """The first few names of a list, and how many more there are."""
     shown = ', '.join(names[:limit])
     return f'{shown} (+{len(names) - limit} more)' if len(names) > limit else shown
-
-
-def state_dict_mismatch(
-        expected: Mapping[str, torch.Tensor],
-        given: Mapping[str, torch.Tensor],
-        ignore: Iterable[str] = (),
-) -> str:
-    """How ``given`` differs from ``expected`` in keys and shapes ('N missing (...); N mis-shaped (...)'), '' when
-    it fits. Keys in ``ignore`` may differ in shape or be absent on either side."""
-    ignore = set(ignore)
-    missing = sorted(k for k in expected.keys() - given.keys() if k not in ignore)
-    unexpected = sorted(k for k in given.keys() - expected.keys() if k not in ignore)
-    misshaped = sorted(
-        f'{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}'
-        for k in expected.keys() & given.keys() - ignore if given[k].shape != expected[k].shape)
-    return '; '.join(
-        f'{len(names)} {what} ({some_names(names)})'
-        for what, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if names)

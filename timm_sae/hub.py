@@ -18,15 +18,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union, cast
 
 import timm
 import torch
 from huggingface_hub import HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from timm.data.model_config import resolve_input_data_config
-from timm.models import save_for_hf, split_model_name_tag
+from timm.models import save_for_hf
 from timm.models.resnet import ResNet
 
 from . import cards
@@ -35,16 +35,13 @@ from .checkpoint import (
     DESCRIPTIVE_CFG_KEYS,
     Checkpoint,
     Export,
-    check_finite,
     implied_model,
     model_from_checkpoint,
     read_checkpoint,
     read_conversion_source,
     read_export,
-    sae_target,
 )
-from .convert import source_kind
-from .errors import CheckpointError, HubError, PushError, first_line, some_names
+from .errors import CheckpointError, HubError, PushError, first_line
 from .measure import gmacs, param_count
 from .sae_resnet import SAE_PAPER_ID, converted_cfg, sae_model_args
 
@@ -216,71 +213,19 @@ def _conversion(
         source: str, source_model: Optional[str], use_ema: bool, model_kwargs: Optional[Mapping[str, Any]],
         allow_nonfinite: bool) -> Export:
     """The SaE model converted from ``source`` (see ``export_conversion``)."""
-    state_dict, source_cfg, name = _conversion_source(source, source_model, use_ema)
-    kind = source_kind(state_dict)
-    if kind == 'sae':
-        raise CheckpointError(f'{name} holds SaE weights already; export them with timm-sae export')
-    target = sae_target(source_cfg['architecture'])
-    check_finite(state_dict, name, allow_nonfinite)
-    sae_kwargs = {**({'sae_residual': False} if kind == 'se' else {}), **(model_kwargs or {})}
-    cfg = converted_cfg(source_cfg, name)
+    weights = read_conversion_source(source, source_model, use_ema, allow_nonfinite)
+    sae_kwargs = {**({'sae_residual': False} if weights.kind == 'se' else {}), **(model_kwargs or {})}
+    cfg = converted_cfg(weights.cfg, weights.name)
     torch.manual_seed(0)
     try:
         model = timm.create_model(
-            target, pretrained=True, pretrained_cfg=cfg, pretrained_cfg_overlay=dict(state_dict=state_dict),
-            num_classes=cfg['num_classes'], in_chans=cfg['input_size'][0], **sae_kwargs)
+            weights.target, pretrained=True, pretrained_cfg=cfg,
+            pretrained_cfg_overlay=dict(state_dict=weights.state_dict), num_classes=cfg['num_classes'],
+            in_chans=cfg['input_size'][0], **sae_kwargs)
     except (TypeError, ValueError) as e:  # ConversionError, and bad SaE arguments
-        raise CheckpointError(f'{name} -> {target}: {first_line(e)}') from e
-    return Export(cast(ResNet, model.eval()), sae_kwargs, source=cards.Source.from_cfg(name, kind, source_cfg))
-
-
-def _check_timm_name(source: str) -> None:
-    """Refuse, before any download, a timm name whose architecture has no SaE twin or whose tag timm lacks."""
-    arch, tag = split_model_name_tag(source)
-    if not timm.is_model(arch):
-        raise CheckpointError(
-            f'{source} is neither a file nor a timm model; give a checkpoint or a timm name with tag such as '
-            f'resnet50.a1_in1k (timm.list_pretrained(\'resnet50.*\') lists them)')
-    sae_target(arch)
-    tags = [name.split('.', 1)[1] for name in timm.list_pretrained(f'{arch}.*')]
-    if not tags:
-        raise CheckpointError(
-            f'timm has no pretrained weights of {arch}; give a checkpoint file of it with --model {arch}')
-    if tag and tag not in tags:
-        raise CheckpointError(f'timm has no tag {tag!r} of {arch}; its tags are {some_names(tags, 8)}')
-
-
-# errors of reaching the Hub (huggingface_hub's, the builtin ones, and its HTTP client's transport errors by name)
-_NETWORK_ERRORS = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
-_NETWORK_ERROR_NAMES = {'TransportError', 'ConnectionError', 'Timeout', 'TimeoutException'}
-
-
-def _load_error(source: str, error: Exception) -> str:
-    """What went wrong loading ``source`` from timm; network advice only for errors of reaching the Hub."""
-    if isinstance(error, _NETWORK_ERRORS) or _NETWORK_ERROR_NAMES & {c.__name__ for c in type(error).__mro__}:
-        return (f'cannot load {source}: the Hugging Face Hub cannot be reached and the weights are not in its cache '
-                f'({type(error).__name__}); check the network, HF_HUB_OFFLINE and HF_HUB_CACHE')
-    return f'cannot load {source} ({type(error).__name__}: {first_line(error)})'
-
-
-def _conversion_source(
-        source: str, source_model: Optional[str], use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
-    """(state dict, pretrained cfg, display name) of a conversion source (see ``export_conversion``)."""
-    path = Path(source)
-    if path.is_file() or path.suffix in ('.pth', '.tar', '.bin', '.safetensors', '.pt'):
-        return (*read_conversion_source(path, source_model, use_ema), path.name)
-    if source_model:
-        raise CheckpointError(f'--model names the architecture of a checkpoint file; {source} is not a file')
-    if not source.startswith(('hf-hub:', 'local-dir:')):
-        _check_timm_name(source)
-    try:
-        model = timm.create_model(source, pretrained=True)
-    except Exception as e:  # Hub, cache and network failures, whichever client raised them
-        raise CheckpointError(_load_error(source, e)) from e
-    cfg = dict(cast(Dict[str, Any], model.pretrained_cfg))
-    if source.startswith(('hf-hub:', 'local-dir:')) or not cfg.get('tag'):
-        return model.state_dict(), cfg, source
-    return model.state_dict(), cfg, f"{cfg['architecture']}.{cfg['tag']}"
+        raise CheckpointError(f'{weights.name} -> {weights.target}: {first_line(e)}') from e
+    return Export(cast(ResNet, model.eval()), sae_kwargs,
+                  source=cards.Source.from_cfg(weights.name, weights.kind, weights.cfg))
 
 
 def push_folder(

@@ -24,7 +24,7 @@ import inspect
 import logging
 import os
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, NamedTuple, Optional, Tuple, Type, Union
 
 import timm
 import torch
@@ -47,7 +47,7 @@ from .errors import ConversionError, NoWeightsError, some_names
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = [  # the models are reached through timm's registry
-    'HUB_ORG', 'SAE_PAPER_ID', 'Twins', 'twins', 'conversion_tag', 'sae_model_args', 'weights_location',
+    'HUB_ORG', 'SAE_PAPER_ID', 'Twins', 'twins', 'source_kind', 'conversion_tag', 'sae_model_args', 'weights_location',
     'loads_se_weights', 'is_non_commercial', 'pretrained_filter', 'pretrained_gate', 'no_weights_error',
     'converted_cfg', 'conversion_cfgs', 'twin_conversion_cfgs',
 ]
@@ -57,6 +57,9 @@ _logger = logging.getLogger(__name__)
 # Hub organisation of the published weights: registered tags use full ids '<HUB_ORG>/<arch>.<tag>'.
 HUB_ORG = os.environ.get('TIMM_SAE_HUB_ORG', 'timm-sae')
 SAE_PAPER_ID = 'arXiv:2308.13343'
+# state dict keys that only an SaE model, or an SE model, has
+_SAE_KEY = '.se.fc_branches.weight'
+_SE_KEY = '.se.fc1.weight'
 
 
 class Twins(NamedTuple):
@@ -79,6 +82,15 @@ def twins(name: str) -> Twins:
         if arch in names:
             return names
     return Twins(None, None, None)
+
+
+def source_kind(state_dict: Mapping[str, torch.Tensor]) -> Literal['sae', 'se', 'plain']:
+    """'sae', 'se' or 'plain': which kind of ResNet the state dict's attention keys belong to."""
+    if any(k.endswith(_SAE_KEY) for k in state_dict):
+        return 'sae'
+    if any(k.endswith(_SE_KEY) for k in state_dict):
+        return 'se'
+    return 'plain'
 
 
 def conversion_tag(source: str) -> str:
@@ -215,7 +227,7 @@ def pretrained_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> 
 
     The log line names the weights timm loaded (``weights_location``), their license, and the gate built.
     """
-    from .convert import convert_state_dict, source_kind  # the maths name the family's twins in their errors
+    from .convert import convert_state_dict  # the maths name the family's twins in their errors
 
     kind = source_kind(state_dict)
     if kind == 'sae':
