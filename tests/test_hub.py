@@ -5,6 +5,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import sys
 from fnmatch import fnmatch
 from pathlib import Path
 from types import SimpleNamespace
@@ -401,6 +402,13 @@ def test_moved_names_warn_for_one_release(name, module):
         moved = getattr(convert, name)
     assert moved is getattr(importlib.import_module(f'timm_sae.{module}'), name)
     assert not hasattr(convert, 'no_such_name')
+
+
+def test_weights_file_module_warns_for_one_release(monkeypatch):
+    monkeypatch.delitem(sys.modules, 'timm_sae.weights_file', raising=False)
+    with pytest.warns(DeprecationWarning, match='import from timm_sae.checkpoint'):
+        weights_file = importlib.import_module('timm_sae.weights_file')
+    assert weights_file.read_checkpoint is hub.read_checkpoint
 
 
 def test_cli_catches_every_timm_sae_error():

@@ -40,7 +40,6 @@ EXCITATION_BIAS = 0.  # s = sigmoid(0) = 1/2: the gate's steepest point, and 1 +
 _SE_PARAMS = ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')
 
 
-
 def state_dict_mismatch(
         expected: Mapping[str, torch.Tensor],
         given: Mapping[str, torch.Tensor],

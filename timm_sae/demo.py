@@ -29,6 +29,7 @@ from .sae_resnet import HUB_ORG, twins
 
 __all__ = ['run_demo', 'warm_start', 'EXACT_RTOL']
 
+
 def run_demo(
         model_name: str = 'saeresnet50',
         img_size: int = 224,
