@@ -35,7 +35,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.models.resnet import Bottleneck
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from .tail import Gate, folded_eval, folded_eval_tail, fused_tail, gate_of, gated_tail
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -57,8 +59,15 @@ def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optiona
     return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
 
 
+def _gate(block: nn.Module) -> Optional[Gate]:
+    """The block's gate for the fast tails, or None (timm's own tail then)."""
+    return gate_of(block.se) if block.fast_tail else None
+
+
 class SaEBottleneck(Bottleneck):
-    """timm ``Bottleneck`` with an SaE ``attn_layer`` that squeezes the narrow conv3 input (module docstring)."""
+    """timm ``Bottleneck`` with an SaE ``attn_layer``: the narrow squeeze and the exact fast tails (module docstring)."""
+
+    fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -70,12 +79,23 @@ class SaEBottleneck(Bottleneck):
         x = self.drop_block(x)
         x = self.act2(x)
         x = self.aa(x)
-        z: Optional[torch.Tensor] = None
+        squeeze: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():
-            z = narrow_squeeze(self.conv3, self.bn3, x)
+            gate = _gate(self)
+            if gate is not None and fused_tail(self.bn3, self.se, self.act3, self.drop_path, self.training):
+                z = self.conv3(x)
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return gated_tail(z, self.bn3, gate, shortcut, self.drop_path)
+            squeeze = narrow_squeeze(self.conv3, self.bn3, x)
+            if gate is not None and folded_eval(self.bn3, self.se, self.act3, self.drop_path):
+                z = self.conv3(x)
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return folded_eval_tail(z, self.bn3, gate, shortcut, squeeze)
         x = self.conv3(x)
         x = self.bn3(x)
-        x = self.se(x, z)
+        x = self.se(x, squeeze)
         if self.drop_path is not None:
             x = self.drop_path(x)
         if self.downsample is not None:
@@ -83,3 +103,46 @@ class SaEBottleneck(Bottleneck):
         x += shortcut
         x = self.act3(x)
         return x
+
+
+class SaEBasicBlock(BasicBlock):
+    """timm ``BasicBlock`` with an SaE ``attn_layer`` and the exact fast tails (module docstring)."""
+
+    fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.drop_block(x)
+        x = self.act1(x)
+        x = self.aa(x)
+        x = self.conv2(x)
+        if not torch.jit.is_scripting():
+            gate = _gate(self)
+            if gate is not None and fused_tail(self.bn2, self.se, self.act2, self.drop_path, self.training):
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return gated_tail(x, self.bn2, gate, shortcut, self.drop_path)
+            if gate is not None and folded_eval(self.bn2, self.se, self.act2, self.drop_path):
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return folded_eval_tail(x, self.bn2, gate, shortcut)
+        x = self.bn2(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        x += shortcut
+        x = self.act2(x)
+        return x
+
+
+def set_fast_tail(model: nn.Module, enabled: bool) -> int:
+    """Switch the SaE blocks of ``model`` between the fast tails and timm's own form; returns how many blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, (SaEBottleneck, SaEBasicBlock))]
+    for block in blocks:
+        block.fast_tail = enabled
+    return len(blocks)

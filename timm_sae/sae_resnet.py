@@ -23,7 +23,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .blocks import SaEBottleneck
+from .blocks import SaEBasicBlock, SaEBottleneck
 from .convert import SAE_PAPER_ID, pretrained_filter, pretrained_gate, twin_conversion_cfgs
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
@@ -53,7 +53,7 @@ def _check_stages(variant: str, sae_stages: Iterable[int], num_stages: int) -> T
 def _stage_blocks(block: BlockType, attn_layer: Callable[..., nn.Module], stages: Tuple[int, ...],
                   num_stages: int) -> Tuple[BlockType, ...]:
     """The block of each stage: ``block`` with SaE in ``stages``, timm's plain block of its kind elsewhere."""
-    plain = Bottleneck if issubclass(block, Bottleneck) else block
+    plain = Bottleneck if issubclass(block, Bottleneck) else BasicBlock
     with_sae = partial(block, attn_layer=attn_layer)
     with_sae.expansion = block.expansion  # what timm's ResNet reads of a block class
     return tuple(with_sae if stage in stages else plain for stage in range(1, num_stages + 1))
@@ -140,7 +140,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def saeresnet18(pretrained: bool = False, **kwargs) -> ResNet:
     """SaE-ResNet-18, twin of seresnet18: basic blocks (2, 2, 2, 2), 7x7 stem."""
-    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    model_args = dict(block=SaEBasicBlock, layers=(2, 2, 2, 2))
     return _create_saeresnet('saeresnet18', pretrained, **dict(model_args, **kwargs))
 
 
@@ -161,7 +161,7 @@ def saeresnet26d(pretrained: bool = False, **kwargs) -> ResNet:
 @register_model
 def saeresnet34(pretrained: bool = False, **kwargs) -> ResNet:
     """SaE-ResNet-34, twin of seresnet34: basic blocks (3, 4, 6, 3), 7x7 stem."""
-    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+    model_args = dict(block=SaEBasicBlock, layers=(3, 4, 6, 3))
     return _create_saeresnet('saeresnet34', pretrained, **dict(model_args, **kwargs))
 
 
