@@ -103,39 +103,46 @@ class _BatchMoments(torch.autograd.Function):
 
 
 def _affine(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``z a + b`` (a: (C, 1, 1) or (N, C, 1, 1); b: (N, C, 1, 1)) in one pass, in a's precision, stored as ``dtype``."""
-    n, c, h, w = z.shape
-    if z.is_contiguous() and dtype == z.dtype:
-        # an eval-mode BatchNorm over (1, N*C, H, W) with mean 0, variance 1, eps 0: exactly z a + b, and on
-        # the CPU several times faster than a broadcast addcmul
-        ones = torch.ones(n * c, dtype=a.dtype, device=a.device)
-        return torch.batch_norm(
-            z.view(1, n * c, h, w), a.expand(n, c, 1, 1).reshape(-1), b.reshape(-1), torch.zeros_like(ones), ones,
-            False, 0., 0., False).view_as(z)
+    """``z a + b`` (a, b broadcast per channel or per (n, c)) in one pass, in a's precision, stored as ``dtype``."""
     if torch.promote_types(z.dtype, a.dtype) == dtype:
         return torch.addcmul(b, z, a)
     return torch.addcmul(b, z, a, out=torch.empty_like(z, dtype=dtype))
 
 
 def _add_act_(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``relu(out + shortcut)`` in place; one pass where the CPU has the fused kernel (fp32 / fp64)."""
-    if out.device.type == 'cpu' and out.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+    """``relu(out + shortcut)`` in place; one pass where the CPU has the fused kernel (fp32 / fp64, no autograd)."""
+    differentiable = torch.is_grad_enabled() and (out.requires_grad or shortcut.requires_grad)
+    if (out.device.type == 'cpu' and out.dtype in (torch.float32, torch.float64) and not differentiable
+            and not torch.compiler.is_compiling()):
         return torch.ops.aten._add_relu_(out, shortcut)
     return out.add_(shortcut).relu_()
 
 
-def _gate_and_scale(
-        s: torch.Tensor, residual: bool, keep: Optional[torch.Tensor], gamma: torch.Tensor, beta: torch.Tensor,
-        mu: torch.Tensor, r: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(G, a, b): the gate (N, C) and, each (N, C, 1, 1), ``x G = z a + b`` for ``x = gamma (z - mu) r + beta``."""
+def _gate(s: torch.Tensor, residual: bool, keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """G (N, C): ``1 + s`` (residual) or ``s``, times the drop_path scale per sample (``keep``, or None)."""
     gate = s.reshape(s.shape[0], -1)
     if residual:
         gate = gate + 1.
-    if keep is not None:
-        gate = gate * keep.reshape(-1, 1)
-    scale = gamma * r
-    return gate, (scale * gate)[:, :, None, None], ((beta - mu * scale) * gate)[:, :, None, None]
+    return gate if keep is None else gate * keep.reshape(-1, 1)
+
+
+def _gated_norm(
+        z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor, beta: torch.Tensor,
+        gate: torch.Tensor, dtype: torch.dtype,
+) -> torch.Tensor:
+    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype``.
+
+    Where z is contiguous, an eval-mode BatchNorm over (1, N*C, H, W) with per-(n, c) weight ``gamma G`` and
+    bias ``beta G``: centred as BatchNorm computes it, and on the CPU faster than a broadcast multiply-add. Else
+    (channels_last) ``z a + b``, which rounds like BatchNorm folded into a preceding conv.
+    """
+    n, c, h, w = z.shape
+    if z.is_contiguous() and dtype == z.dtype:
+        return torch.batch_norm(
+            z.view(1, n * c, h, w), (gamma * gate).reshape(-1), (beta * gate).reshape(-1), mu.repeat(n), var.repeat(n),
+            False, 0., eps, False).view_as(z)
+    scale = gamma * torch.rsqrt(var + eps)
+    return _affine(z, (scale * gate)[:, :, None, None], ((beta - mu * scale) * gate)[:, :, None, None], dtype)
 
 
 class _GatedNormAct(torch.autograd.Function):
@@ -149,9 +156,8 @@ class _GatedNormAct(torch.autograd.Function):
             ctx, z: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
             var: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool, eps: float,
     ) -> torch.Tensor:
-        r = torch.rsqrt(var + eps)
-        _, a, b = _gate_and_scale(s, residual, keep, gamma, beta, mu, r)
-        out = _add_act_(_affine(z, a, b, torch.promote_types(z.dtype, s.dtype)), shortcut)
+        gate = _gate(s, residual, keep)
+        out = _add_act_(_gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype)), shortcut)
         ctx.save_for_backward(z, out, s, keep, gamma, beta, mu, var)
         ctx.residual, ctx.eps = residual, eps
         return out
@@ -161,7 +167,7 @@ class _GatedNormAct(torch.autograd.Function):
         z, out, s, keep, gamma, beta, mu, var = ctx.saved_tensors
         r = torch.rsqrt(var + ctx.eps)
         n, c, h, w = z.shape
-        gate, _, _ = _gate_and_scale(s, ctx.residual, keep, gamma, beta, mu, r)
+        gate = _gate(s, ctx.residual, keep)
         g = torch.ops.aten.threshold_backward(dout, out, 0)
         gamma_gate = (gamma * gate).to(r.dtype)
         if z.is_contiguous() and g.is_contiguous():
@@ -261,8 +267,9 @@ def folded_eval_tail(
     if squeeze is None:
         squeeze = (z.mean((2, 3), dtype=_stats_dtype(z)) - mean) * (gamma * r) + beta
     s = gate.excitation(squeeze.to(z.dtype))
-    _, a, b = _gate_and_scale(s, gate.residual, None, gamma, beta, mean, r)
-    return _add_act_(_affine(z, a, b, torch.promote_types(z.dtype, s.dtype)), shortcut)
+    gated = _gated_norm(z, mean, var, norm.eps, gamma, beta, _gate(s, gate.residual, None),
+                        torch.promote_types(z.dtype, s.dtype))
+    return _add_act_(gated, shortcut)
 
 
 def gate_of(gate_module: Optional[nn.Module]) -> Optional[Gate]:
