@@ -1,34 +1,33 @@
-"""The SaE Bottleneck: timm's ``Bottleneck`` whose SaE layer squeezes the narrow conv3 input.
+"""The SaE blocks: timm's ``Bottleneck`` and ``BasicBlock`` with SaE's exact fast forms.
 
-timm's SE blocks gate the block's full-width last norm output ``x = bn3(conv3(y))`` by its spatial
-mean, so the squeeze costs one more read of ``x`` than a plain ResNet block. In a Bottleneck, conv3
-is a 1x1, stride-1 convolution of the narrow activation ``y`` (a quarter of the channels), linear per
-pixel, so it commutes with the spatial mean (arXiv:2308.13343 places SaE exactly where SE goes, so
-the pooled value is the same)::
+timm's SE blocks gate the block's full-width last norm output ``x = bn3(conv3(y))`` by its spatial mean.
+Done as written, the squeeze reads ``x`` once more, the gate is one more pass, and in training autograd keeps
+``x`` for the gate's backward: a quarter more activation memory than a plain ResNet block. The SaE blocks
+compute the same function (arXiv:2308.13343 places SaE exactly where SE goes) in fewer passes:
 
-    mean_hw(bn3(conv3(y))) = bn3_affine(W3 @ mean_hw(y) + b3)          (BatchNorm's running statistics)
+* training: the exact tail (``timm_sae.tail.gated_tail``): BatchNorm with batch statistics, squeeze, excite,
+  gate, drop_path, residual add and ReLU as two autograd Functions with the excitation's own modules between
+  them, keeping only ``z = conv3(y)`` and the block's output, as the plain block does.
+* eval: the squeeze from the narrow conv3 input (Bottleneck). conv3 is a 1x1, stride-1 convolution of ``y``
+  (a quarter of the channels), linear per pixel, so it commutes with the spatial mean::
 
-``fuse_batchnorm``'s folded conv3 (bias, no bn3) is the same without the affine map. Which form runs
-(``narrow_squeeze``), as measured with ``benchmarks/speed.py`` against the same model with the SE form:
+      mean_hw(bn3(conv3(y))) = bn3_affine(W3 @ mean_hw(y) + b3)          (BatchNorm's running statistics)
 
-* eval (eager, compiled, traced, exported): the narrow form. It reads ``y`` instead of ``x`` and the
-  gate is known before conv3 runs, so a compiler fuses BatchNorm, gate, residual add and activation
-  into one pass over ``x``, as for a plain ResNet block.
-* train: the SE form, ``mean_hw(x)`` in the SaE layer. With batch statistics the narrow form needs
-  ``var_mean(conv3(y))``, which autograd cannot take from BatchNorm (its saved statistics carry no
-  gradient): in eager a pass over ``x`` of its own, and compiled (where Inductor computes it in
-  BatchNorm's statistics kernel) it measured 0.98 (NCHW) and 0.96 (channels_last) of the SE form's
-  training throughput on the CPU.
-* anything else (a norm other than BatchNorm2d / Identity, a conv3 that is not 1x1 / stride 1 /
-  ungrouped, TorchScript): the SE form.
+  (``fuse_batchnorm``'s folded conv3, with a bias and no bn3, is the same without the affine map). The gate
+  is then folded into BatchNorm's per-channel affine (``timm_sae.tail.folded_eval_tail``): one pass over
+  ``z`` before the residual add. The BasicBlock (3x3 conv2) squeezes ``z`` itself.
+* anything the fast forms would hide something from, or that they do not cover: timm's own tail, with the
+  narrow squeeze in eval. That is a forward hook on the SaE layer, the last norm, the activation or
+  drop_path (Grad-CAM, feature extraction), a global module hook, torch.fx tracing, TorchScript, a norm
+  other than ``nn.BatchNorm2d`` (or a ``SyncBatchNorm`` that syncs), an activation other than ReLU, and
+  torch.compile, where timm's form is left to Inductor (``compiled_tail``; see docs/speed.md).
 
-Both forms are exact (the tests compare values and gradients). Parameters, state dicts and the forward
-hooks, fx nodes and feature extraction of timm's blocks are unchanged: ``self.se(x, z)`` runs and returns
-the gated map (N, C, H, W), as SE's ``self.se(x)`` does. Without autograd the layer gates in place in
-the block's BatchNorm output, so a forward hook on bn3 that keeps that tensor sees it gated afterwards
-under ``torch.no_grad`` / ``torch.inference_mode`` (clone it in the hook).
-
-timm's ``BasicBlock`` needs no subclass: its conv2 is 3x3, which does not commute with the mean.
+Every form is exact (the tests compare values, gradients and running statistics). Parameters, state dicts,
+``isinstance(block, Bottleneck)`` and the forward hooks, fx nodes and feature extraction of timm's blocks are
+unchanged: where something looks, ``self.se(x, z)`` runs and returns the gated map (N, C, H, W), as SE's
+``self.se(x)`` does. Without autograd the layer gates in place in the block's BatchNorm output, so a
+forward hook on bn3 that keeps that tensor sees it gated afterwards (clone it in the hook).
+``set_fast_tail(model, False)`` gives every SaE block timm's own tail (the reference of the tests and benchmarks).
 """
 from typing import Optional
 
@@ -64,10 +63,15 @@ def _gate(block: nn.Module) -> Optional[Gate]:
     return gate_of(block.se) if block.fast_tail else None
 
 
-class SaEBottleneck(Bottleneck):
-    """timm ``Bottleneck`` with an SaE ``attn_layer``: the narrow squeeze and the exact fast tails (module docstring)."""
+class GatedBottleneck(Bottleneck):
+    """timm ``Bottleneck`` whose attention gates by the channel means (SaE, SE, ECA): the exact fast forms.
+
+    ``forward`` is timm's wherever a fast form does not apply (module docstring); ``_attend`` calls the attention
+    layer there as timm does.
+    """
 
     fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
+    compiled_tail: bool = False  # the exact training tail under torch.compile too (docs/speed.md: measured slower)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -79,23 +83,24 @@ class SaEBottleneck(Bottleneck):
         x = self.drop_block(x)
         x = self.act2(x)
         x = self.aa(x)
-        squeeze: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():
             gate = _gate(self)
-            if gate is not None and fused_tail(self.bn3, self.se, self.act3, self.drop_path, self.training):
+            if gate is not None and fused_tail(
+                    self.bn3, self.se, self.act3, self.drop_path, self.training, self.compiled_tail):
                 z = self.conv3(x)
                 if self.downsample is not None:
                     shortcut = self.downsample(shortcut)
                 return gated_tail(z, self.bn3, gate, shortcut, self.drop_path)
-            squeeze = narrow_squeeze(self.conv3, self.bn3, x)
             if gate is not None and folded_eval(self.bn3, self.se, self.act3, self.drop_path):
+                squeeze = narrow_squeeze(self.conv3, self.bn3, x)
                 z = self.conv3(x)
                 if self.downsample is not None:
                     shortcut = self.downsample(shortcut)
                 return folded_eval_tail(z, self.bn3, gate, shortcut, squeeze)
+        y = x
         x = self.conv3(x)
         x = self.bn3(x)
-        x = self.se(x, squeeze)
+        x = self._attend(x, y)
         if self.drop_path is not None:
             x = self.drop_path(x)
         if self.downsample is not None:
@@ -104,11 +109,26 @@ class SaEBottleneck(Bottleneck):
         x = self.act3(x)
         return x
 
+    def _attend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The attention layer on the norm output ``x`` (``y``: conv3's input), as timm calls it."""
+        return self.se(x)
 
-class SaEBasicBlock(BasicBlock):
-    """timm ``BasicBlock`` with an SaE ``attn_layer`` and the exact fast tails (module docstring)."""
+
+class SaEBottleneck(GatedBottleneck):
+    """timm ``Bottleneck`` with an SaE ``attn_layer``: also the narrow squeeze where timm's tail runs."""
+
+    def _attend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        squeeze: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            squeeze = narrow_squeeze(self.conv3, self.bn3, y)
+        return self.se(x, squeeze)
+
+
+class GatedBasicBlock(BasicBlock):
+    """timm ``BasicBlock`` whose attention gates by the channel means (SaE, SE, ECA): the exact fast forms."""
 
     fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
+    compiled_tail: bool = False  # the exact training tail under torch.compile too (docs/speed.md: measured slower)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -120,7 +140,8 @@ class SaEBasicBlock(BasicBlock):
         x = self.conv2(x)
         if not torch.jit.is_scripting():
             gate = _gate(self)
-            if gate is not None and fused_tail(self.bn2, self.se, self.act2, self.drop_path, self.training):
+            if gate is not None and fused_tail(
+                    self.bn2, self.se, self.act2, self.drop_path, self.training, self.compiled_tail):
                 if self.downsample is not None:
                     shortcut = self.downsample(shortcut)
                 return gated_tail(x, self.bn2, gate, shortcut, self.drop_path)
@@ -140,9 +161,13 @@ class SaEBasicBlock(BasicBlock):
         return x
 
 
+class SaEBasicBlock(GatedBasicBlock):
+    """timm ``BasicBlock`` with an SaE ``attn_layer`` and the exact fast forms."""
+
+
 def set_fast_tail(model: nn.Module, enabled: bool) -> int:
-    """Switch the SaE blocks of ``model`` between the fast tails and timm's own form; returns how many blocks."""
-    blocks = [m for m in model.modules() if isinstance(m, (SaEBottleneck, SaEBasicBlock))]
+    """Switch the gated blocks of ``model`` between the fast forms and timm's own tail; returns how many blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
     for block in blocks:
         block.fast_tail = enabled
     return len(blocks)

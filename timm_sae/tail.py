@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules import module as nn_module
 
-from timm.layers import DropPath
+from timm.layers import DropPath, EcaModule, EffectiveSEModule, SEModule
 
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
@@ -272,10 +272,42 @@ def folded_eval_tail(
     return _add_act_(gated, shortcut)
 
 
+def _se_excitation(se: SEModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    def excitation(squeeze: torch.Tensor) -> torch.Tensor:
+        return se.gate(se.fc2(se.act(se.bn(se.fc1(squeeze[:, :, None, None]))))).flatten(1)
+    return excitation
+
+
+def _ese_excitation(ese: EffectiveSEModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    def excitation(squeeze: torch.Tensor) -> torch.Tensor:
+        return ese.gate(ese.fc(squeeze[:, :, None, None])).flatten(1)
+    return excitation
+
+
+def _eca_excitation(eca: EcaModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    def excitation(squeeze: torch.Tensor) -> torch.Tensor:
+        y = eca.conv(squeeze[:, None, :])
+        if eca.conv2 is not None:
+            y = eca.conv2(eca.act(y))
+        return eca.gate(y).flatten(1)
+    return excitation
+
+
 def gate_of(gate_module: Optional[nn.Module]) -> Optional[Gate]:
-    """The gate of an attention module, or None where the fast tails do not know it."""
-    if type(gate_module) is SqueezeAggregatedExcitation:
+    """The gate of an attention module that gates by its input's channel means, or None where it has none.
+
+    SaE; timm's ``SEModule`` and ``EffectiveSEModule`` (without ``add_maxpool``, which also reads the channel
+    maxima) and ``EcaModule``, each computed from the squeeze exactly as their ``forward`` does.
+    """
+    kind = type(gate_module)
+    if kind is SqueezeAggregatedExcitation:
         return Gate(gate_module.excitation, gate_module.residual)
+    if kind is SEModule and not gate_module.add_maxpool:
+        return Gate(_se_excitation(gate_module), False)
+    if kind is EffectiveSEModule and not gate_module.add_maxpool:
+        return Gate(_ese_excitation(gate_module), False)
+    if kind is EcaModule:
+        return Gate(_eca_excitation(gate_module), False)
     return None
 
 
@@ -311,9 +343,14 @@ def _batch_norm_alone(norm: nn.Module) -> bool:
 
 def fused_tail(
         norm: nn.Module, gate_module: nn.Module, act: nn.Module, drop_path: Optional[nn.Module], training: bool,
+        compiled: bool = False,
 ) -> bool:
-    """Whether ``gated_tail`` (training) stands in exactly for timm's tail here (module docstring)."""
-    if not training or not norm.training or _tracing() or torch.compiler.is_compiling():
+    """Whether ``gated_tail`` (training) stands in exactly for timm's tail here (module docstring).
+
+    ``compiled``: whether it also runs under torch.compile (traced into the graph with its backward), where
+    timm's form is otherwise left to Inductor.
+    """
+    if not training or not norm.training or _tracing() or (torch.compiler.is_compiling() and not compiled):
         return False
     if type(act) is not nn.ReLU or not _batch_norm_alone(norm):
         return False
