@@ -516,7 +516,9 @@ def test_every_block_matches_reference(name: str, kwargs: dict):
             shortcut = store['input'] if block.downsample is None else block.downsample(store['input'])
             assert_close(store['output'], _last_act(block)(shortcut + block_x * scale))
         folded = model(x)
-        assert_close(folded, expected)
+        # the fold rounds otherwise than BatchNorm followed by the gate, and fp32 rounding adds up over the
+        # deepest models' blocks: a tolerance relative to the logits' scale (a wrong fold is off by O(1))
+        assert_close(folded, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
         with torch.inference_mode():
             assert_close(model(x), folded, rtol=0, atol=0)
     assert_close(model(x), folded, rtol=0, atol=0)

@@ -19,6 +19,7 @@ import pytest
 import timm
 import torch
 from timm.models import create_feature_extractor as timm_feature_extractor
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor as tv_feature_extractor
 
@@ -69,9 +70,16 @@ def se_form(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable], object]:
 
 
 def _random_(module: nn.Module, seed: int) -> nn.Module:
-    """Seeded random parameters, BatchNorm statistics and affine maps, in float64."""
+    """Seeded random parameters, BatchNorm statistics and affine maps, in float64.
+
+    The last norm of each block (the one timm zero-initialises) gets weights in [0.1, 0.3], as in
+    ``conftest.randomise_batchnorm``: with weights near 1 the residual stream of a deep model grows until its
+    gates saturate, and rounding alone then moves their gradients by more than the tolerance.
+    """
     generator = torch.Generator().manual_seed(seed)
     module = module.to(torch.float64)  # on the meta device this allocates nothing
+    last_norms = {f'{name}.{"bn3" if hasattr(block, "bn3") else "bn2"}.weight'.lstrip('.')
+                  for name, block in module.named_modules() if isinstance(block, (BasicBlock, Bottleneck))}
     with torch.no_grad():
         for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
             if name.endswith('running_var'):
@@ -80,6 +88,8 @@ def _random_(module: nn.Module, seed: int) -> nn.Module:
                 tensor.zero_()
             elif tensor.dim() > 1:
                 tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
+            elif name in last_norms:
+                tensor.uniform_(0.1, 0.3, generator=generator)
             else:
                 tensor.uniform_(-0.5, 0.5, generator=generator)
                 if name.endswith('weight'):
