@@ -1,11 +1,13 @@
 """Helpers shared by the test modules."""
 import os
-from typing import Any, Callable, Container, Iterable, Iterator, List
+from typing import Any, Callable, Container, Dict, Iterable, Iterator, List
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+import timm_sae.blocks
 
 
 # max |converted logits - source logits| / max |source logits| of an exact conversion. Exact in real arithmetic;
@@ -13,6 +15,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 # sources) round in their own way, and the networks carry those last-bit differences forward: measured 2e-7 to
 # 4e-7 (resnet18, resnet26d, resnet50, seresnext26d_32x4d), 1e-5 leaves room for the deepest models.
 EXACT_RTOL = 1e-5
+# float64 checks of two forms of the same function: they differ by rounding alone (about 1e-13), so this cannot
+# hide a wrong formula
+F64_REL = 1e-9
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,3 +63,56 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the exact training tail against timm's own (test_tail.py, test_accelerate.py)
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|."""
+    return float((actual - expected).detach().abs().max() / expected.detach().abs().max().clamp_min(1e-300))
+
+
+def train_steps(block: nn.Module, x: torch.Tensor, steps: int = 3, lr: float = 0.1) -> List[Dict[str, torch.Tensor]]:
+    """Per step: the output, the input's and every parameter's gradient; then an SGD step. Last: the buffers."""
+    torch.manual_seed(1)
+    optimizer = torch.optim.SGD(block.parameters(), lr=lr)
+    records = []
+    for step in range(steps):
+        x_step = (x + step).requires_grad_()
+        out = block(x_step)
+        weights = torch.linspace(-1., 1., out.numel(), dtype=out.dtype).view_as(out)
+        optimizer.zero_grad(set_to_none=True)
+        (out * weights).sum().backward()
+        records.append({'output': out.detach(), 'input grad': x_step.grad,
+                        **{f'{name} grad': p.grad for name, p in block.named_parameters()}})
+        optimizer.step()
+    records.append({name: b.clone() for name, b in block.named_buffers()})
+    return records
+
+
+def assert_equal_records(actual: List[Dict[str, torch.Tensor]], expected: List[Dict[str, torch.Tensor]]) -> None:
+    """Equal within ``F64_REL`` of each tensor's largest magnitude (integers: equal)."""
+    assert len(actual) == len(expected)
+    for step, (got, want) in enumerate(zip(actual, expected)):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert want[name] is not None, name
+            if want[name].dtype == torch.int64:
+                assert torch.equal(got[name], want[name]), (step, name)
+            else:
+                assert rel_error(got[name], want[name]) < F64_REL, (step, name, rel_error(got[name], want[name]))
+
+
+@pytest.fixture
+def tail_calls(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """Records each call of the exact training tail (a check that never ran it proves nothing)."""
+    calls: List[int] = []
+    original = timm_sae.blocks.gated_tail
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(timm_sae.blocks, 'gated_tail', counting)
+    return calls

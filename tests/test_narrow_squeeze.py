@@ -25,13 +25,12 @@ from torchvision.models.feature_extraction import create_feature_extractor as tv
 
 import timm_sae.blocks
 from timm_sae import SaEBottleneck, fuse_batchnorm
-from conftest import fast_or_slow, randomise_batchnorm
+from conftest import F64_REL, fast_or_slow, randomise_batchnorm
 
 FAMILY = timm.list_models('sae*')
 WHOLE_MODELS = ('saeresnet26', 'saeresnet26d', 'saeresnet50t', 'saeresnetaa50d', 'saeresnext26t_32x4d')
 FAST_BLOCKS = ('saeresnet18', 'saeresnetaa50d')
 FAST_WHOLE_MODELS = ('saeresnet26d',)
-F64_REL = 1e-9
 F32_REL = 1e-5
 
 pytestmark = pytest.mark.usefixtures('single_thread')

@@ -20,9 +20,8 @@ from torch import nn
 from timm_sae import SqueezeAggregatedExcitation
 from timm_sae.blocks import SaEBasicBlock, SaEBottleneck, set_fast_tail
 from timm_sae.tail import gate_of, gated_tail
-from conftest import fast_or_slow
+from conftest import F64_REL, assert_equal_records, fast_or_slow, rel_error, train_steps
 
-F64_REL = 1e-9
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 # (architecture, block): one of each kind the family has
@@ -35,11 +34,6 @@ BLOCKS = {
     'anti-aliased-avg-down': ('saeresnetaa50d', 'layer3.0'),
 }
 VARIANTS = ('default', 'plain-gate', 'momentum-none', 'drop-path', 'channels-last', 'gamma-zero')
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|."""
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-300))
 
 
 def _block(arch: str, path: str, variant: str, seed: int = 0) -> nn.Module:
@@ -72,49 +66,6 @@ def _block(arch: str, path: str, variant: str, seed: int = 0) -> nn.Module:
     return block.train()
 
 
-def _train_steps(block: nn.Module, x: torch.Tensor, steps: int = 3, lr: float = 0.1) -> List[Dict[str, torch.Tensor]]:
-    """Per step: the output, the input's and every parameter's gradient; then an SGD step. Last: the buffers."""
-    torch.manual_seed(1)
-    optimizer = torch.optim.SGD(block.parameters(), lr=lr)
-    records = []
-    for step in range(steps):
-        x_step = (x + step).requires_grad_()
-        out = block(x_step)
-        weights = torch.linspace(-1., 1., out.numel(), dtype=out.dtype).view_as(out)
-        optimizer.zero_grad(set_to_none=True)
-        (out * weights).sum().backward()
-        records.append({'output': out.detach(), 'input grad': x_step.grad,
-                        **{f'{name} grad': p.grad for name, p in block.named_parameters()}})
-        optimizer.step()
-    records.append({name: b.clone() for name, b in block.named_buffers()})
-    return records
-
-
-def _assert_equal_records(actual: List[Dict[str, torch.Tensor]], expected: List[Dict[str, torch.Tensor]]) -> None:
-    assert len(actual) == len(expected)
-    for step, (got, want) in enumerate(zip(actual, expected)):
-        assert got.keys() == want.keys()
-        for name in want:
-            assert want[name] is not None, name
-            if want[name].dtype == torch.int64:
-                assert torch.equal(got[name], want[name]), (step, name)
-            else:
-                assert rel_error(got[name], want[name]) < F64_REL, (step, name, rel_error(got[name], want[name]))
-
-
-def _fast_calls(monkeypatch: pytest.MonkeyPatch) -> List[int]:
-    """Counts the calls of the exact tail (a check that never ran it proves nothing)."""
-    calls: List[int] = []
-    import timm_sae.blocks
-    original = timm_sae.blocks.gated_tail
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-    monkeypatch.setattr(timm_sae.blocks, 'gated_tail', counting)
-    return calls
-
-
 def _params(kinds, variants) -> list:
     """Every kind with the default variant and every variant on one Bottleneck and one BasicBlock fast, the rest slow."""
     fast = {f'{kind}-{variant}' for kind in kinds for variant in variants
@@ -125,7 +76,7 @@ def _params(kinds, variants) -> list:
 
 
 @pytest.mark.parametrize('kind, variant', _params(BLOCKS, VARIANTS))
-def test_block_training_equals_timm_tail(kind: str, variant: str, monkeypatch: pytest.MonkeyPatch):
+def test_block_training_equals_timm_tail(kind: str, variant: str, tail_calls: List[int]):
     """3 training steps: outputs, gradients (input, shortcut path, every parameter) and running statistics."""
     arch, path = BLOCKS[kind]
     block = _block(arch, path, variant)
@@ -136,10 +87,9 @@ def test_block_training_equals_timm_tail(kind: str, variant: str, monkeypatch: p
     if variant == 'channels-last':
         block, reference = (m.to(memory_format=torch.channels_last) for m in (block, reference))
         x = x.contiguous(memory_format=torch.channels_last)
-    calls = _fast_calls(monkeypatch)
-    fast = _train_steps(block, x)
-    assert len(calls) == 3
-    _assert_equal_records(fast, _train_steps(reference, x))
+    fast = train_steps(block, x)
+    assert len(tail_calls) == 3
+    assert_equal_records(fast, train_steps(reference, x))
 
 
 def _sae_tail_reference(z, norm, sae, shortcut):
@@ -216,7 +166,7 @@ def test_bf16_autocast_within_bf16_rounding(kind: str):
 
 @pytest.mark.parametrize('arch', fast_or_slow(['saeresnet18', 'saeresnext26d_32x4d', 'saeresnet50'],
                                               {'saeresnet18', 'saeresnext26d_32x4d'}))
-def test_model_training_step_equals_timm_tail(arch: str, monkeypatch: pytest.MonkeyPatch):
+def test_model_training_step_equals_timm_tail(arch: str, tail_calls: List[int]):
     """A whole model: 2 training steps with drop_path, float64, values, gradients and buffers."""
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=5, drop_path_rate=0.1).double().train()
@@ -230,15 +180,14 @@ def test_model_training_step_equals_timm_tail(arch: str, monkeypatch: pytest.Mon
     # 4 images of 64 px: layer4's BatchNorm then has 16 values per channel (with 2 its gradients are so ill
     # conditioned that rounding alone moves them by 1e-9)
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    calls = _fast_calls(monkeypatch)
     # a small step: a whole network's outputs amplify the last-bit differences of a large update
-    fast = _train_steps(model, x, steps=2, lr=1e-4)
-    assert len(calls) == 2 * len([m for m in model.modules() if isinstance(m, (SaEBottleneck, SaEBasicBlock))])
-    _assert_equal_records(fast, _train_steps(reference, x, steps=2, lr=1e-4))
+    fast = train_steps(model, x, steps=2, lr=1e-4)
+    assert len(tail_calls) == 2 * len([m for m in model.modules() if isinstance(m, (SaEBottleneck, SaEBasicBlock))])
+    assert_equal_records(fast, train_steps(reference, x, steps=2, lr=1e-4))
 
 
 @pytest.mark.parametrize('where', ['se', 'bn3', 'act3', 'global'])
-def test_hooks_get_timm_tail(where: str, monkeypatch: pytest.MonkeyPatch):
+def test_hooks_get_timm_tail(where: str, tail_calls: List[int]):
     """A forward hook on the modules the tail stands in for (or a global one) sees them run, as on seresnet."""
     model = timm.create_model('saeresnet26', num_classes=5).train()
     block = model.layer3[1]
@@ -251,34 +200,31 @@ def test_hooks_get_timm_tail(where: str, monkeypatch: pytest.MonkeyPatch):
     else:
         handle = getattr(block, where).register_forward_hook(hook)
     try:
-        calls = _fast_calls(monkeypatch)
         model(torch.randn(2, 3, 64, 64)).sum().backward()
     finally:
         handle.remove()
     assert seen
     if where == 'global':
-        assert not calls
+        assert not tail_calls
     else:
-        assert len(calls) == len([m for m in model.modules() if isinstance(m, SaEBottleneck)]) - 1
+        assert len(tail_calls) == len([m for m in model.modules() if isinstance(m, SaEBottleneck)]) - 1
 
 
-def test_sync_batchnorm_alone_takes_the_tail(monkeypatch: pytest.MonkeyPatch):
+def test_sync_batchnorm_alone_takes_the_tail(tail_calls: List[int]):
     """A model converted with SyncBatchNorm.convert_sync_batchnorm trains exactly in one process."""
     torch.manual_seed(0)
     model = nn.SyncBatchNorm.convert_sync_batchnorm(timm.create_model('saeresnet18', num_classes=5)).double().train()
     reference = copy.deepcopy(model)
     set_fast_tail(reference, False)
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
-    calls = _fast_calls(monkeypatch)
-    fast = _train_steps(model, x, steps=2, lr=1e-4)
-    assert calls
-    _assert_equal_records(fast, _train_steps(reference, x, steps=2, lr=1e-4))
+    fast = train_steps(model, x, steps=2, lr=1e-4)
+    assert tail_calls
+    assert_equal_records(fast, train_steps(reference, x, steps=2, lr=1e-4))
 
 
 @pytest.mark.parametrize('act', [nn.SiLU, nn.LeakyReLU])
-def test_other_activation_takes_timm_tail(act, monkeypatch: pytest.MonkeyPatch):
+def test_other_activation_takes_timm_tail(act, tail_calls: List[int]):
     """The tail's backward is written for ReLU: another activation runs timm's tail."""
     model = timm.create_model('saeresnet18', num_classes=5, act_layer=act).train()
-    calls = _fast_calls(monkeypatch)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
-    assert not calls
+    assert not tail_calls
