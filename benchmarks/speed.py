@@ -56,7 +56,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 from torch._inductor import utils as inductor_utils
 
 import timm_sae  # noqa: F401  (registers the SaE models)
-from timm_sae import set_fast_tail
+from timm_sae import accelerate, set_fast_tail
 from timm_sae.fuse import fuse_batchnorm
 from timm_sae.measure import describe, median_ratio, quartiles, time_interleaved
 
@@ -84,11 +84,14 @@ class Entry:
     model: str
     bn_folded: bool = False
     timm_tail: bool = False
+    accelerated: bool = False  # timm_sae.accelerate(model): timm's SE / ECA blocks in the exact fast forms
 
     @property
     def label(self) -> str:
         if self.timm_tail:
             return f'{self.model} (timm tail)'
+        if self.accelerated:
+            return f'{self.model} (accelerated)'
         return f'{self.model} (BN folded)' if self.bn_folded else self.model
 
 
@@ -121,6 +124,15 @@ PAIRS: Dict[str, Pair] = {
         ('saeresnext50_32x4d (timm tail)', 'seresnext50_32x4d', 'resnext50_32x4d'),
         note=TIMM_TAIL_NOTE.format(model='saeresnext50_32x4d'),
     ),
+    'seresnet50': Pair(
+        (Entry('seresnet50', accelerated=True), Entry('seresnet50'), Entry('resnet50')), ('seresnet50', 'resnet50'),
+        note='seresnet50 (accelerated): timm\'s seresnet50 after timm_sae.accelerate(model), the same weights.',
+    ),
+    'ecaresnet50d': Pair(
+        (Entry('ecaresnet50d', accelerated=True), Entry('ecaresnet50d'), Entry('resnet50d')),
+        ('ecaresnet50d', 'resnet50d'),
+        note='ecaresnet50d (accelerated): timm\'s ecaresnet50d after timm_sae.accelerate(model), the same weights.',
+    ),
     'resnet50_bn_folded': Pair(
         (Entry('saeresnet50', True), Entry('seresnet50', True), Entry('seresnet50')),
         ('seresnet50 (BN folded)', 'seresnet50'),
@@ -139,7 +151,8 @@ MODES: Dict[str, Tuple[str, bool]] = {
 }
 FULL = dict(
     batch_size=16, train_batch_size=None, img_size=224, rounds=11, warmup=2,
-    pairs=['resnet50', 'resnet18', 'resnext50', 'resnet50_bn_folded'], modes=list(MODES), threads=None)
+    pairs=['resnet50', 'resnet18', 'resnext50', 'seresnet50', 'ecaresnet50d', 'resnet50_bn_folded'], modes=list(MODES),
+    threads=None)
 # one thread: tiny ops on threads that other processes keep waiting are slower by orders of magnitude
 QUICK = dict(
     batch_size=2, train_batch_size=None, img_size=64, rounds=2, warmup=1, pairs=['resnet18'], modes=['infer-nchw'],
@@ -152,6 +165,7 @@ class Setting:
     model: str
     bn_folded: bool
     timm_tail: bool
+    accelerated: bool
     task: str
     channels_last: bool
     backend: str  # 'eager' or a torch.compile backend
@@ -170,6 +184,8 @@ def build_model(s: Setting) -> Tuple[torch.nn.Module, torch.Tensor]:
     model = timm.create_model(s.model)
     if s.timm_tail and not set_fast_tail(model, False):
         raise ValueError(f'{s.model} has no SaE block whose tail could be timm\'s')
+    if s.accelerated and not accelerate(model).acceleration.converted:
+        raise ValueError(f'{s.model} has no block that timm_sae.accelerate converts')
     if s.bn_folded:
         model = fuse_batchnorm(model.eval())
     model = model.to(device=device, memory_format=memory_format)
@@ -353,7 +369,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
     batch_size = args.train_batch_size if task == 'train' else args.batch_size
     settings = {
         e.label: Setting(
-            e.model, e.bn_folded, e.timm_tail, task, channels_last, backend, batch_size, args.img_size,
+            e.model, e.bn_folded, e.timm_tail, e.accelerated, task, channels_last, backend, batch_size, args.img_size,
             args.device, args.precision, torch.get_num_threads())
         for e in pair.entries}
     compiled: Dict[str, dict] = {}
@@ -382,6 +398,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
             'model': e.model,
             'bn_folded': e.bn_folded,
             'timm_tail': e.timm_tail,
+            'accelerated': e.accelerated,
             'round_times_s': t,
             'median_s': statistics.median(t),
             'images_per_s': batch_size / statistics.median(t),

@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor as tv_feature_extractor
 
 import timm_sae.blocks
-from timm_sae import SaEBottleneck, fuse_batchnorm
+from timm_sae import SaEBottleneck, fuse_batchnorm, set_fast_tail
 from conftest import F64_REL, fast_or_slow, randomise_batchnorm
 
 FAMILY = timm.list_models('sae*')
@@ -159,14 +159,17 @@ def test_models_match_se_form(name: str, narrow_calls, se_form):
 
 @pytest.mark.parametrize('compiling', [False, True], ids=['eager', 'compiling'])
 def test_training_takes_no_narrow_squeeze(compiling: bool, narrow_calls, monkeypatch):
-    """With batch statistics the squeeze comes from the exact tail's statistics pass (eager, ``timm_sae.tail``) or
-    from the full-width norm output (compiled); the narrow form, which measured slower there, runs in eval."""
+    """With batch statistics the squeeze comes from the exact tail's statistics pass (eager and compiled,
+    ``timm_sae.tail``), or from the full-width norm output in timm's tail; the narrow form runs in eval."""
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
     model = timm.create_model('saeresnet26', num_classes=5).train()
     model(torch.randn(2, 3, 64, 64))
+    assert not narrow_calls  # the exact tail returns before the squeeze is asked for
+    set_fast_tail(model, False)
+    model(torch.randn(2, 3, 64, 64))
     train_calls = len(narrow_calls)
-    assert not any(narrow_calls)
-    assert bool(train_calls) == compiling  # eager: the exact tail returns before the squeeze is asked for
+    assert train_calls and not any(narrow_calls)
+    set_fast_tail(model, True)
     model.eval()(torch.randn(1, 3, 64, 64))
     assert len(narrow_calls) > train_calls and all(narrow_calls[train_calls:])
 

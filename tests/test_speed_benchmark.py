@@ -181,7 +181,7 @@ def test_compile_model_stops_a_model_that_keeps_compiling(monkeypatch):
     events = iter(range(100))
     monkeypatch.setattr(speed, 'build_step', lambda s: lambda: None)
     monkeypatch.setattr(speed, 'compile_events', lambda: next(events))
-    setting = speed.Setting('resnet18', False, False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
+    setting = speed.Setting('resnet18', False, False, False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
     with pytest.raises(RuntimeError, match=f'still compiles after {speed.MAX_COMPILE_CALLS} calls'):
         speed.compile_model(setting)
 

@@ -10,12 +10,14 @@ constructed, before any weights load (the state dict is unchanged); every other 
 ``timm_sae`` alone changes nothing of timm's models: this module is the opt-in.
 """
 import functools
+import logging
 
 from timm.models.resnet import ResNet
 
 from .acceleration import accelerate
 
 __all__ = []
+_logger = logging.getLogger(__name__)
 
 if not getattr(ResNet.__init__, 'timm_sae_accelerates', False):
     _timm_init = ResNet.__init__
@@ -23,7 +25,7 @@ if not getattr(ResNet.__init__, 'timm_sae_accelerates', False):
     @functools.wraps(_timm_init)
     def _accelerated_init(self: ResNet, *args, **kwargs) -> None:
         _timm_init(self, *args, **kwargs)
-        accelerate(self)
+        _logger.info('timm_sae.accelerate_all: %s', accelerate(self).acceleration)
 
     _accelerated_init.timm_sae_accelerates = True
     ResNet.__init__ = _accelerated_init

@@ -27,8 +27,8 @@ as ``nn.BatchNorm2d`` does (unbiased running variance, ``momentum=None`` as a cu
 ``num_batches_tracked``).
 
 ``fused_tail`` says where this runs (training, ``nn.BatchNorm2d`` or a ``SyncBatchNorm`` that would not
-sync, ``nn.ReLU``, nothing hooked on the modules it stands in for, eager autograd); everywhere else the
-block runs timm's own form. ``folded_eval_tail`` is the eval counterpart: the gate folded into the
+sync, ``nn.ReLU``, nothing hooked on the modules it stands in for, no torch.fx or TorchScript; under
+torch.compile where the block asks for it); everywhere else the block runs timm's own form. ``folded_eval_tail`` is the eval counterpart: the gate folded into the
 BatchNorm's per-channel affine, one pass over ``z`` before the residual add.
 """
 from typing import Callable, NamedTuple, Optional, Tuple
@@ -343,7 +343,7 @@ def _batch_norm_alone(norm: nn.Module) -> bool:
 
 def fused_tail(
         norm: nn.Module, gate_module: nn.Module, act: nn.Module, drop_path: Optional[nn.Module], training: bool,
-        compiled: bool = False,
+        compiled: bool = True,
 ) -> bool:
     """Whether ``gated_tail`` (training) stands in exactly for timm's tail here (module docstring).
 
