@@ -5,7 +5,8 @@ each one read or one write of a full-width feature map; ops that only make a vie
 counted (the method of timm-sae's design brief). Eval under no_grad, and training forward + backward. Kept
 memory: the activations one training forward of the whole model keeps for the backward
 (``benchmarks/kept_memory.py``), NCHW and channels_last. ``saeresnet50 (timm tail)`` is the same model with
-``timm_sae.set_fast_tail(model, False)``: the SaE blocks as they ran before ``timm_sae.tail``.
+``timm_sae.set_fast_tail(model, False)``: the SaE blocks as they ran before ``timm_sae.tail``;
+``seresnet50 (accelerated)`` is timm's seresnet50 after ``timm_sae.accelerate(model)``.
 
     python benchmarks/passes.py --doc docs/speed.md
 
@@ -27,15 +28,21 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import timm_sae  # noqa: F401  (registers the SaE models)
-from timm_sae import set_fast_tail
+from timm_sae import accelerate, set_fast_tail
 
-from benchmarks.common import RESULTS_DIR, command_line, environment, repo_name, update_doc_section, write_report
+from benchmarks.common import RESULTS_DIR, command_line, environment, update_doc_section, write_report
 from benchmarks.kept_memory import kept_activation_bytes
 
-MODELS = ('resnet50', 'seresnet50', 'saeresnet50 (timm tail)', 'saeresnet50')
+MODELS = ('resnet50', 'seresnet50', 'seresnet50 (accelerated)', 'saeresnet50 (timm tail)', 'saeresnet50',
+          'resnet50d', 'ecaresnet50d', 'ecaresnet50d (accelerated)')
 BLOCKS = ('layer3.1', 'layer2.0')
-KEPT_GROUPS = (('resnet50', 'seresnet50', 'saeresnet50 (timm tail)', 'saeresnet50'),
-               ('resnext50_32x4d', 'seresnext50_32x4d', 'saeresnext50_32x4d (timm tail)', 'saeresnext50_32x4d'))
+# each group's first model is the plain twin the ratios are taken to
+KEPT_GROUPS = (
+    ('resnet50', 'seresnet50', 'seresnet50 (accelerated)', 'saeresnet50 (timm tail)', 'saeresnet50'),
+    ('resnext50_32x4d', 'seresnext50_32x4d', 'seresnext50_32x4d (accelerated)', 'saeresnext50_32x4d (timm tail)',
+     'saeresnext50_32x4d'),
+    ('resnet50d', 'ecaresnet50d', 'ecaresnet50d (accelerated)'),
+)
 VIEW_OPS = ('detach', 'alias', '_unsafe_view')
 
 
@@ -60,19 +67,29 @@ class FullWidthCount(TorchDispatchMode):
         return out
 
 
-def build(label: str, **kwargs) -> torch.nn.Module:
-    """A seeded model by label: a timm name, or ``<name> (timm tail)``."""
+def build(label: str, device: str = 'cpu') -> torch.nn.Module:
+    """A seeded model by label: a timm name, ``<name> (timm tail)`` or ``<name> (accelerated)``."""
     torch.manual_seed(0)
-    name = label.removesuffix(' (timm tail)')
-    model = timm.create_model(name, **kwargs)
-    if label != name:
+    name, _, variant = label.partition(' (')
+    model = timm.create_model(name, device=device)
+    if variant == 'timm tail)':
         set_fast_tail(model, False)
+    elif variant == 'accelerated)':
+        accelerate(model)
     return model
 
 
 def count_block(label: str, block: str, train: bool, size: int = 56, batch: int = 4) -> Dict[str, object]:
     """Full-width reads and writes of one block: eval under no_grad, or training forward + backward."""
-    blk = build(label).train(train).get_submodule(block)
+    blk = build(label, device='meta').get_submodule(block).to_empty(device='cpu').train(train)
+    with torch.no_grad():  # the values do not change the ops, but keep them finite and seeded
+        for name, tensor in list(blk.named_parameters()) + list(blk.named_buffers()):
+            if name.endswith('num_batches_tracked'):
+                tensor.zero_()
+            elif name.endswith('running_var'):
+                tensor.fill_(1.)
+            else:
+                tensor.normal_(0., 0.1)
     stage = int(block.split('.')[0].removeprefix('layer'))
     side = size // 2 ** (stage - 1)
     x = torch.randn(batch, blk.conv1.in_channels, side, side)
@@ -151,7 +168,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.doc:
         update_doc_section(args.doc, 'passes', markdown(report), 'benchmarks/passes.py')
     print(markdown(report))
-    print(f'wrote {repo_name(args.out)} and its .md')
     return 0
 
 
