@@ -1,8 +1,8 @@
 """Tables of the speed measurements written by benchmarks/speed.py, and the speed sections of docs/speed.md.
 
     python benchmarks/speed_report.py benchmarks/results/speed_cpu.json --doc docs/speed.md
-    python benchmarks/speed_report.py benchmarks/results/speed_cuda.json benchmarks/results/speed_cuda_resnext50_train.json \
-        --doc docs/speed.md
+    python benchmarks/speed_report.py benchmarks/results/speed_cuda.json \
+        benchmarks/results/speed_cuda_resnext50_train.json --doc docs/speed.md
 
 Writes the markdown table beside each JSON (``speed_<device>.md``, generated from the JSON alone) and, with
 --doc, the doc's section of their device (``speed`` for the CPU, ``speed-cuda`` for a GPU): one summary per

@@ -102,7 +102,7 @@ def test_tools_see_an_accelerated_model_as_timms():
     seen = {}
     for name, m in (('fast', model), ('timm', reference)):
         outputs = []
-        handle = m.layer2[0].se.register_forward_hook(lambda mod, args, out: outputs.append(out.shape))
+        handle = m.layer2[0].se.register_forward_hook(lambda mod, args, out, seen=outputs: seen.append(out.shape))
         with torch.no_grad():
             m(x)
         handle.remove()

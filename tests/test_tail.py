@@ -8,7 +8,7 @@ family (BasicBlock, Bottleneck, grouped, downsample, avg-down, anti-aliased), re
 250 times its spread.
 """
 import copy
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import pytest
 import timm
@@ -67,7 +67,7 @@ def _block(arch: str, path: str, variant: str, seed: int = 0) -> nn.Module:
 
 
 def _params(kinds, variants) -> list:
-    """Every kind with the default variant and every variant on one Bottleneck and one BasicBlock fast, the rest slow."""
+    """Fast: every kind's default and every variant of one Bottleneck and one BasicBlock; the rest slow."""
     fast = {f'{kind}-{variant}' for kind in kinds for variant in variants
             if variant == 'default' or kind in ('bottleneck-downsample', 'basic-downsample')}
     cases = [(kind, variant) for kind in kinds for variant in variants]

@@ -49,7 +49,7 @@ def _is_pointwise(conv: nn.Module) -> bool:
 
 
 def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optional[torch.Tensor]:
-    """``mean_hw(norm(conv(y)))``, shape (N, C), from the narrow ``y``; None where the SE form runs (module docstring)."""
+    """``mean_hw(norm(conv(y)))``, shape (N, C), from the narrow ``y``; None where it does not hold (module docstring)."""
     if not _is_pointwise(conv) or type(norm) not in (nn.Identity, nn.BatchNorm2d, nn.SyncBatchNorm):
         return None
     if not isinstance(norm, nn.Identity) and (norm.training or norm.running_mean is None):

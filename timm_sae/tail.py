@@ -28,8 +28,9 @@ as ``nn.BatchNorm2d`` does (unbiased running variance, ``momentum=None`` as a cu
 
 ``fused_tail`` says where this runs (training, ``nn.BatchNorm2d`` or a ``SyncBatchNorm`` that would not
 sync, ``nn.ReLU``, nothing hooked on the modules it stands in for, no torch.fx or TorchScript; under
-torch.compile where the block asks for it); everywhere else the block runs timm's own form. ``folded_eval_tail`` is the eval counterpart: the gate folded into the
-BatchNorm's per-channel affine, one pass over ``z`` before the residual add.
+torch.compile where the block asks for it); everywhere else the block runs timm's own form.
+``folded_eval_tail`` is the eval counterpart: the gate folded into the BatchNorm's per-channel affine, one
+pass over ``z`` before the residual add.
 """
 from typing import Callable, NamedTuple, Optional, Tuple
 
@@ -157,7 +158,8 @@ class _GatedNormAct(torch.autograd.Function):
             var: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool, eps: float,
     ) -> torch.Tensor:
         gate = _gate(s, residual, keep)
-        out = _add_act_(_gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype)), shortcut)
+        gated = _gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype))
+        out = _add_act_(gated, shortcut)
         ctx.save_for_backward(z, out, s, keep, gamma, beta, mu, var)
         ctx.residual, ctx.eps = residual, eps
         return out
