@@ -13,8 +13,9 @@
 # timm is another version.
 #
 # block: benchmarks/inductor_block.py, one layer3.1 block compiled per model (resnet50, seresnet50,
-# saeresnet50 and saeresnet50 with the SE-form squeeze), bf16 autocast, batch 128: Inductor's kernels
-# and traffic, and interleaved timings, eval and train; at most 150 s. Returns inductor_block_cuda.{json,md}.
+# saeresnet50, and saeresnet50 with timm's tail and with the exact training tail traced), bf16 autocast,
+# batch 128: Inductor's kernels and traffic, and interleaved timings, eval and train; at most 150 s.
+# Returns inductor_block_cuda.{json,md}.
 # accuracy_placement: benchmarks/accuracy.py, the placement and branch-width configurations
 # (saeresnet18_s12, _s34, _s4, _rd16, _rd8) x 3 seeds under the accuracy protocol, all 15 runs at once,
 # added to a copy of benchmarks/results/accuracy.json (runs already there are skipped). Expected to take 3
@@ -24,11 +25,12 @@
 # warm_start: benchmarks/warm_start.py, 3 seeds: 6 sources, 3 scratch runs and 12 fine-tunings, 15 runs
 # at a time; no new run starts after 240 s. Returns warm_start.json.
 # speed: bf16 autocast, channels_last, 224 px, inference batch 256 and training batch 128, eager then
-# torch.compile (inductor): saeresnet50 vs saeresnet50 with the SE-form squeeze (before / after the
-# narrow squeeze) vs seresnet50 vs resnet50, saeresnext50_32x4d vs seresnext50_32x4d. speed.py rewrites
-# its JSON and table after every mode, in the order eager (4 modes), then compiled resnet50 infer, train,
-# resnext50 infer, train; it gets the time left, and a cut takes only the modes not yet measured.
-# Returns speed_cuda.{json,md}.
+# torch.compile (inductor): saeresnet50 vs saeresnet50 with timm's tail (before / after the exact tail and
+# the folded eval gate) vs seresnet50 vs resnet50; the ResNeXt twins likewise; seresnet50 and ecaresnet50d
+# accelerated (timm_sae.accelerate) vs timm's vs their plain twins. Peak memory (max_memory_allocated) and,
+# in eager training, the activation memory kept for the backward. speed.py rewrites its JSON and table after
+# every mode, in the order eager (8 modes), then compiled; it gets the time left, and a cut takes only the
+# modes not yet measured. Returns speed_cuda.{json,md}.
 # accuracy: 14 configurations x 3 seeds x 15 epochs, 14 runs at a time, into a fresh accuracy.json.
 # Returns it and the saeresnet18 seed-0 checkpoint in parts of at most 15 MiB.
 # Every part appends to gpu_run.log in OUT.
@@ -74,7 +76,7 @@ for part; do
         ;;
     speed)
         timeout "$left" python3 benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 \
-            --rounds 21 --warmup 5 --pairs resnet50 resnext50 --modes infer-cl train-cl --compile \
+            --rounds 21 --warmup 5 --pairs resnet50 resnext50 seresnet50 ecaresnet50d --modes train-cl infer-cl --compile \
             --out "$OUT/speed_cuda.json" >>"$log" 2>&1
         ;;
     accuracy)

@@ -36,14 +36,13 @@ from benchmarks.common import RESULTS_DIR
 from benchmarks.environment import command_line, environment, write_report
 from benchmarks.speed import (
     COMPILE_BACKENDS,
-    MODES,
-    PAIRS,
     Setting,
     backend_label,
     build_step,
     compile_model,
     device_sync,
 )
+from benchmarks.speed_pairs import MODES, PAIRS
 
 
 def profile_model(s: Setting, warmup: int, steps: int, top: int) -> dict:
@@ -165,8 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for e in pair.entries:
         print(f'{e.label} ...', flush=True)
         torch._dynamo.reset()
-        setting = Setting(e.model, e.bn_folded, e.se_form_squeeze, task, channels_last, backend, args.batch_size,
-                          args.img_size, args.device, precision, torch.get_num_threads())
+        setting = Setting(e.model, e.bn_folded, e.timm_tail, e.accelerated, task, channels_last, backend,
+                          args.batch_size, args.img_size, args.device, precision, torch.get_num_threads())
         models[e.label] = profile_model(setting, args.warmup, args.steps, args.top)
         print(f"  {models[e.label]['step_ms_profiled']:.1f} ms per profiled step", flush=True)
     report = {

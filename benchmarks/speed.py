@@ -44,7 +44,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import MethodType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ''):  # run as a file (python benchmarks/speed.py): import the package from the repository
@@ -53,18 +52,18 @@ if __package__ in (None, ''):  # run as a file (python benchmarks/speed.py): imp
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.resnet import Bottleneck
 from torch._dynamo.utils import counters as dynamo_counters
 from torch._inductor import utils as inductor_utils
 
 import timm_sae  # noqa: F401  (registers the SaE models)
-from timm_sae import SaEBottleneck
-from timm_sae.fuse import fuse_batchnorm
-from timm_sae.measure import describe, median_ratio, quartiles, time_interleaved
-
 from benchmarks.common import RESULTS_DIR
 from benchmarks.environment import command_line, environment
+from benchmarks.kept_memory import kept_activation_bytes
+from benchmarks.speed_pairs import MODES, PAIRS
 from benchmarks.speed_report import compile_flags, write_tables
+from timm_sae import accelerate, set_fast_tail
+from timm_sae.fuse import fuse_batchnorm
+from timm_sae.measure import describe, median_ratio, quartiles, time_interleaved
 
 MIB = 2 ** 20
 TRAIN_STEP = 'forward + backward + SGD step (momentum 0.9), cross-entropy on random labels'
@@ -78,60 +77,10 @@ COMPILE_METHOD = (
     '(late_compiles, 0 for a valid row)')
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One model in a pair: a timm model name, optionally with its BatchNorms folded, or (SaE) with the
-    Bottlenecks squeezing their full-width norm output (timm's ``Bottleneck.forward``, the SE form), as
-    the SaE blocks did before they squeezed the narrow conv3 input: the before/after comparison."""
-    model: str
-    bn_folded: bool = False
-    se_form_squeeze: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.se_form_squeeze:
-            return f'{self.model} (SE-form squeeze)'
-        return f'{self.model} (BN folded)' if self.bn_folded else self.model
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Models timed together; ratios are taken against each of ``references`` (labels)."""
-    entries: Tuple[Entry, ...]
-    references: Tuple[str, ...]
-    tasks: Tuple[str, ...] = ('infer', 'train')
-    note: str = ''
-
-
-PAIRS: Dict[str, Pair] = {
-    'resnet50': Pair(
-        (Entry('saeresnet50'), Entry('saeresnet50', se_form_squeeze=True), Entry('seresnet50'), Entry('resnet50')),
-        ('saeresnet50 (SE-form squeeze)', 'seresnet50', 'resnet50'),
-        note='saeresnet50 (SE-form squeeze): the same model and weights with every Bottleneck squeezing its '
-             'full-width BatchNorm output (timm\'s Bottleneck.forward), as before timm_sae.blocks squeezed '
-             'the narrow conv3 input; vs it is the gain of the narrow squeeze.',
-    ),
-    'resnet18': Pair((Entry('saeresnet18'), Entry('seresnet18'), Entry('resnet18')), ('seresnet18', 'resnet18')),
-    'resnext50': Pair((Entry('saeresnext50_32x4d'), Entry('seresnext50_32x4d')), ('seresnext50_32x4d',)),
-    'resnet50_bn_folded': Pair(
-        (Entry('saeresnet50', True), Entry('seresnet50', True), Entry('seresnet50')),
-        ('seresnet50 (BN folded)', 'seresnet50'),
-        tasks=('infer',),
-        note='BatchNorm folded into the convs (timm_sae.fuse.fuse_batchnorm), inference only. '
-             'vs seresnet50 (BN folded) is the fair comparison, both folded; vs seresnet50 (unfolded) '
-             'is not: it shows what folding buys, and folding speeds up SE alike.',
-    ),
-}
-# mode -> (task, channels_last)
-MODES: Dict[str, Tuple[str, bool]] = {
-    'infer-nchw': ('infer', False),
-    'infer-cl': ('infer', True),
-    'train-nchw': ('train', False),
-    'train-cl': ('train', True),
-}
 FULL = dict(
     batch_size=16, train_batch_size=None, img_size=224, rounds=11, warmup=2,
-    pairs=['resnet50', 'resnet18', 'resnext50', 'resnet50_bn_folded'], modes=list(MODES), threads=None)
+    pairs=['resnet50', 'resnet18', 'resnext50', 'seresnet50', 'ecaresnet50d', 'resnet50_bn_folded'], modes=list(MODES),
+    threads=None)
 # one thread: tiny ops on threads that other processes keep waiting are slower by orders of magnitude
 QUICK = dict(
     batch_size=2, train_batch_size=None, img_size=64, rounds=2, warmup=1, pairs=['resnet18'], modes=['infer-nchw'],
@@ -143,7 +92,8 @@ class Setting:
     """Everything needed to build one model's step, also in a memory-probe subprocess."""
     model: str
     bn_folded: bool
-    se_form_squeeze: bool
+    timm_tail: bool
+    accelerated: bool
     task: str
     channels_last: bool
     backend: str  # 'eager' or a torch.compile backend
@@ -154,40 +104,55 @@ class Setting:
     threads: int
 
 
-def build_step(s: Setting) -> Callable[[], None]:
-    """One inference or training step of a freshly built model on a fixed random batch."""
+def build_model(s: Setting) -> Tuple[torch.nn.Module, torch.Tensor]:
+    """A freshly built model in the setting's mode, layout and device, and its fixed random batch."""
     device = torch.device(s.device)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = timm.create_model(s.model)
-    if s.se_form_squeeze:
-        for block in model.modules():
-            if isinstance(block, SaEBottleneck):
-                block.forward = MethodType(Bottleneck.forward, block)
+    if s.timm_tail and not set_fast_tail(model, False):
+        raise ValueError(f'{s.model} has no SaE block whose tail could be timm\'s')
+    if s.accelerated and not accelerate(model).acceleration.converted:
+        raise ValueError(f'{s.model} has no block that timm_sae.accelerate converts')
     if s.bn_folded:
         model = fuse_batchnorm(model.eval())
     model = model.to(device=device, memory_format=memory_format)
     model.train(s.task == 'train')
     x = torch.randn(s.batch_size, 3, s.img_size, s.img_size, device=device).contiguous(memory_format=memory_format)
-    run = model if s.backend == 'eager' else torch.compile(model, backend=s.backend)
+    return model, x
 
-    def autocast():
-        if s.precision == 'bf16':
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+
+def autocast(s: Setting) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the setting's device type, or nothing (fp32)."""
+    if s.precision == 'bf16':
+        return torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def kept_memory_mib(s: Setting) -> float:
+    """MiB of activations one training forward keeps for the backward (``benchmarks.kept_memory``, eager)."""
+    model, x = build_model(s)
+    with autocast(s):
+        return kept_activation_bytes(model, x) / MIB
+
+
+def build_step(s: Setting) -> Callable[[], None]:
+    """One inference or training step of a freshly built model on a fixed random batch."""
+    model, x = build_model(s)
+    run = model if s.backend == 'eager' else torch.compile(model, backend=s.backend)
 
     if s.task == 'infer':
         def step() -> None:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), autocast(s):
                 run(x)
         return step
 
-    target = torch.randint(0, model.num_classes, (s.batch_size,), device=device)
+    target = torch.randint(0, model.num_classes, (s.batch_size,), device=x.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with autocast(s):
             loss = F.cross_entropy(run(x), target)
         loss.backward()
         optimizer.step()
@@ -259,7 +224,7 @@ def peak_memory_mib(settings: Dict[str, Setting]) -> Dict[str, float]:
 
 def _spread(reference: Sequence[float], times: Sequence[float]) -> Dict[str, float]:
     """Median and quartiles over rounds of the throughput ratio ``reference[i] / times[i]``."""
-    q1, q3 = quartiles([r / t for r, t in zip(reference, times)])
+    q1, q3 = quartiles([r / t for r, t in zip(reference, times, strict=True)])
     return {'median': median_ratio(reference, times), 'q1': q1, 'q3': q3}
 
 
@@ -332,7 +297,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
     batch_size = args.train_batch_size if task == 'train' else args.batch_size
     settings = {
         e.label: Setting(
-            e.model, e.bn_folded, e.se_form_squeeze, task, channels_last, backend, batch_size, args.img_size,
+            e.model, e.bn_folded, e.timm_tail, e.accelerated, task, channels_last, backend, batch_size, args.img_size,
             args.device, args.precision, torch.get_num_threads())
         for e in pair.entries}
     compiled: Dict[str, dict] = {}
@@ -350,6 +315,8 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
         memory = {label: record.pop('peak_memory_mib') for label, record in compiled.items()}
     else:
         memory = peak_memory_mib(settings)
+    # what autograd keeps, measured on the eager models (the same bytes whatever the machine)
+    kept = {label: kept_memory_mib(s) for label, s in settings.items()} if task == 'train' and not compiled else {}
 
     models = []
     for e in pair.entries:
@@ -358,7 +325,8 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
             'label': e.label,
             'model': e.model,
             'bn_folded': e.bn_folded,
-            'se_form_squeeze': e.se_form_squeeze,
+            'timm_tail': e.timm_tail,
+            'accelerated': e.accelerated,
             'round_times_s': t,
             'median_s': statistics.median(t),
             'images_per_s': batch_size / statistics.median(t),
@@ -367,9 +335,13 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
             'memory_ratio': {
                 r: memory[e.label] / memory[r] for r in pair.references
                 if r != e.label and memory[e.label] is not None},
+            'kept_activation_mib': kept.get(e.label),
+            'kept_ratio': {r: kept[e.label] / kept[r] for r in pair.references if r != e.label and kept},
         })
         line = f"  {e.label:28s} {models[-1]['images_per_s']:8.1f} img/s  " + '  '.join(
             f"vs {r} {v['median']:.3f}" for r, v in models[-1]['throughput_ratio'].items())
+        if kept:
+            line += f"  kept {kept[e.label]:.1f} MiB"
         if compiled:
             record = compiled[e.label]
             record['compile_s'] = record['compile_calls_s'] - record['compile_calls'] * statistics.median(t)
@@ -450,6 +422,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             'rounds': args.rounds, 'warmup': args.warmup, 'train_step': TRAIN_STEP,
             'cudnn_benchmark': torch.backends.cudnn.benchmark,
             'timing': 'seconds per step, models in turn within each round (A B C, A B C, ...)',
+            'kept_memory': (
+                'activation memory one eager training forward keeps for the backward: the unique storages autograd '
+                'saves plus the tensors still alive after the forward, parameters, buffers, input and output '
+                'excluded (benchmarks/kept_memory.py; independent of the machine)'),
             'memory': (
                 'torch.cuda.max_memory_allocated above the memory allocated before the model was built '
                 '(eager: model, batch, warm-up + one step, one model alive at a time; compiled: the first call '

@@ -1,8 +1,8 @@
 """Tables of the speed measurements written by benchmarks/speed.py, and the speed sections of docs/speed.md.
 
     python benchmarks/speed_report.py benchmarks/results/speed_cpu.json --doc docs/speed.md
-    python benchmarks/speed_report.py benchmarks/results/speed_cuda.json benchmarks/results/speed_cuda_resnext50_train.json \
-        --doc docs/speed.md
+    python benchmarks/speed_report.py benchmarks/results/speed_cuda.json \
+        benchmarks/results/speed_cuda_resnext50_train.json --doc docs/speed.md
 
 Writes the markdown table beside each JSON (``speed_<device>.md``, generated from the JSON alone) and, with
 --doc, the doc's section of their device (``speed`` for the CPU, ``speed-cuda`` for a GPU): one summary per
@@ -78,21 +78,26 @@ def markdown(report: dict) -> str:
         if results[0]['note']:
             lines += [results[0]['note'], '']
         with_compile = any('compile' in m for r in results for m in r['models'])
+        with_kept = any(m.get('kept_activation_mib') is not None for r in results for m in r['models'])
         lines += [
             '| mode | backend | batch | model | img/s | ' + ' | '.join(f'vs {r}' for r in refs)
             + ' | peak MiB | ' + ' | '.join(f'memory vs {r}' for r in refs) + ' |'
+            + (' kept MiB | ' + ' | '.join(f'kept vs {r}' for r in refs) + ' |' if with_kept else '')
             + (' compile s |' if with_compile else ''),
             '|---|---|---:|---|---:|' + '---:|' * len(refs) + '---:|' + '---:|' * len(refs)
-            + ('---:|' if with_compile else ''),
+            + ('---:|' * (1 + len(refs)) if with_kept else '') + ('---:|' if with_compile else ''),
         ]
         for r in results:
             for m in r['models']:
-                mem = m['peak_memory_mib']
+                mem, kept = m['peak_memory_mib'], m.get('kept_activation_mib')
                 cells = [
                     r['mode'], r['backend'], str(r['batch_size']), m['label'], f"{m['images_per_s']:.1f}",
                     *[_ratio_cell(m['throughput_ratio'].get(ref)) for ref in refs],
                     '-' if mem is None else f'{mem:.0f}',
                     *['-' if mem is None else f"{m['memory_ratio'].get(ref, 1.):.3f}" for ref in refs],
+                    *(['-' if kept is None else f'{kept:.1f}']
+                      + ['-' if kept is None else f"{m['kept_ratio'].get(ref, 1.):.3f}" for ref in refs]
+                      if with_kept else []),
                     *([_compile_cell(m)] if with_compile else []),
                 ]
                 lines.append('| ' + ' | '.join(cells) + ' |')
@@ -104,18 +109,21 @@ def doc_summary(report: dict, source: str) -> str:
     st, hw, ver = report['settings'], report['hardware'], report['versions']
     device = f"GPU {hw['gpu']}" if 'gpu' in hw else f"CPU {hw['cpu']}, {hw['torch_threads']} torch threads"
     with_compile = any('compile' in m for r in report['results'] for m in r['models'])
+    with_kept = any(m.get('kept_activation_mib') is not None for r in report['results'] for m in r['models'])
     lines = [
         f"From `{source}` ({'complete' if report['complete'] else 'INCOMPLETE'}): {device}; torch {ver['torch']}, "
         f"timm {ver['timm']}; {st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, "
         f"training batch {st['train_batch_size']}, {st['rounds']} interleaved rounds; `{report['command']}`. "
         'Throughput ratio of the first model of each row to the reference (> 1: faster), median over rounds '
-        '[quartiles]; memory: ratio of peak memory (< 1: less).'
+        '[quartiles]; memory: ratio of peak memory (< 1: less)'
+        + ('; kept: ratio of the activation memory a training forward keeps for the backward (eager, '
+           'independent of the machine)' if with_kept else '') + '.'
         + (' Compiled rows: steady state after compilation; compile s: compile time of the model, then of the '
            'reference (each with a fresh Inductor cache).' if with_compile else ''),
         '',
         '| model | reference | mode | backend | throughput ratio | memory ratio |'
-        + (' compile s |' if with_compile else ''),
-        '|---|---|---|---|---:|---:|' + ('---:|' if with_compile else ''),
+        + (' kept ratio |' if with_kept else '') + (' compile s |' if with_compile else ''),
+        '|---|---|---|---|---:|---:|' + ('---:|' if with_kept else '') + ('---:|' if with_compile else ''),
     ]
     for r in report['results']:
         first = r['models'][0]
@@ -125,9 +133,11 @@ def doc_summary(report: dict, source: str) -> str:
             compile_cell = (
                 f" {_compile_cell(first)} / {_compile_cell(by_label[ref])} |" if 'compile' in first
                 else ' - |' if with_compile else '')
+            kept = first.get('kept_ratio', {}).get(ref)
+            kept_cell = (' - |' if kept is None else f' {kept:.3f} |') if with_kept else ''
             lines.append(
                 f"| {first['label']} | {ref} | {r['mode']} | {r['backend']} | {_ratio_cell(ratio)} | "
-                f"{'-' if memory is None else f'{memory:.3f}'} |{compile_cell}")
+                f"{'-' if memory is None else f'{memory:.3f}'} |{kept_cell}{compile_cell}")
     return '\n'.join(lines) + '\n'
 
 
@@ -141,13 +151,13 @@ def write_tables(json_paths: Sequence[Path], doc: Optional[Path] = None) -> List
     """(Re)generate the markdown table next to each report JSON, and, when given, the doc's section of their
     device: one summary per report, in the order given (all of one device)."""
     reports = [json.loads(path.read_text()) for path in json_paths]
-    for path, report in zip(json_paths, reports):
+    for path, report in zip(json_paths, reports, strict=True):
         path.with_suffix('.md').write_text(markdown(report))
     if doc:
         sections = {section_name(report) for report in reports}
         if len(sections) != 1:
             raise SystemExit(f'--doc takes reports of one device; these go to the sections {sorted(sections)}')
-        summaries = [doc_summary(report, repo_name(path)) for path, report in zip(json_paths, reports)]
+        summaries = [doc_summary(report, repo_name(path)) for path, report in zip(json_paths, reports, strict=True)]
         update_doc_section(doc, sections.pop(), '\n'.join(summaries), 'benchmarks/speed_report.py')
     return [path.with_suffix('.md') for path in json_paths]
 

@@ -11,9 +11,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import timm_sae.blocks
+from timm_sae._testing import relative_error
+
 # the models of the fast suite where a check runs on the whole family: a basic block; deep stem, avg-pool
 # downsampling and bottleneck; grouped convs and tiered stem, from SE weights (the others run with -m slow)
 FAST = ('saeresnet18', 'saeresnet26d', 'saeresnext26t_32x4d')
+# float64 checks of two forms of the same function: they differ by rounding alone (about 1e-13), so this cannot
+# hide a wrong formula
+F64_REL = 1e-9
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,3 +97,52 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp('fmnist')
     make_dataset(root)
     return root
+
+
+# ---------------------------------------------------------------------------------------------------
+# the exact training tail against timm's own (test_tail.py, test_accelerate.py)
+
+
+def train_steps(block: nn.Module, x: torch.Tensor, steps: int = 3, lr: float = 0.1) -> List[Dict[str, torch.Tensor]]:
+    """Per step: the output, the input's and every parameter's gradient; then an SGD step. Last: the buffers."""
+    torch.manual_seed(1)
+    optimizer = torch.optim.SGD(block.parameters(), lr=lr)
+    records = []
+    for step in range(steps):
+        x_step = (x + step).requires_grad_()
+        out = block(x_step)
+        weights = torch.linspace(-1., 1., out.numel(), dtype=out.dtype).view_as(out)
+        optimizer.zero_grad(set_to_none=True)
+        (out * weights).sum().backward()
+        records.append({'output': out.detach(), 'input grad': x_step.grad,
+                        **{f'{name} grad': p.grad for name, p in block.named_parameters()}})
+        optimizer.step()
+    records.append({name: b.clone() for name, b in block.named_buffers()})
+    return records
+
+
+def assert_equal_records(actual: List[Dict[str, torch.Tensor]], expected: List[Dict[str, torch.Tensor]]) -> None:
+    """Equal within ``F64_REL`` of each tensor's largest magnitude (integers: equal)."""
+    assert len(actual) == len(expected)
+    for step, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert want[name] is not None, name
+            if want[name].dtype == torch.int64:
+                assert torch.equal(got[name], want[name]), (step, name)
+            else:
+                error = relative_error(got[name], want[name])
+                assert error < F64_REL, (step, name, error)
+
+
+@pytest.fixture
+def tail_calls(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """Records each call of the exact training tail (a check that never ran it proves nothing)."""
+    calls: List[int] = []
+    original = timm_sae.blocks.gated_tail
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(timm_sae.blocks, 'gated_tail', counting)
+    return calls

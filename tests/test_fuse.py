@@ -6,8 +6,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import timm_sae  # noqa: F401  registers the SaE models
-from timm_sae.fuse import fuse_batchnorm
 from conftest import randomise_batchnorm
+from timm_sae.fuse import fuse_batchnorm
 
 # basic blocks; bottlenecks with a deep stem and avg-pool downsampling; grouped bottlenecks; timm's SE
 MODELS = ['saeresnet18', 'saeresnet26d', 'saeresnext26t_32x4d', 'seresnet18']

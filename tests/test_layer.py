@@ -1,9 +1,10 @@
 """The fused SaE layer against a naive per-branch reference (arXiv:2308.13343, author's code)."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-from torch import nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from timm.layers import make_divisible
+from torch import nn
 
 from timm_sae import SqueezeAggregatedExcitation
 
@@ -36,7 +37,8 @@ def _randomise(layer: nn.Module) -> None:
     channels_last=st.booleans(),
     seed=st.integers(0, 2 ** 16),
 )
-def test_fused_matches_per_branch_reference(channels, cardinality, rd_ratio, batch, size, residual, channels_last, seed):
+def test_fused_matches_per_branch_reference(
+        channels, cardinality, rd_ratio, batch, size, residual, channels_last, seed):
     torch.manual_seed(seed)
     layer = SqueezeAggregatedExcitation(channels, cardinality=cardinality, rd_ratio=rd_ratio, residual=residual)
     _randomise(layer)
@@ -63,7 +65,8 @@ def test_bf16_matches_reference(channels, cardinality, seed):
     torch.testing.assert_close(out.float(), reference_sae(layer_bf16, x_bf16), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize('channels, expected', [(64, 8), (256, 8), (512, 16), (1024, 32), (2048, 64), (300, 8), (400, 16)])
+@pytest.mark.parametrize('channels, expected', [
+    (64, 8), (256, 8), (512, 16), (1024, 32), (2048, 64), (300, 8), (400, 16)])
 def test_default_branch_width_follows_author(channels, expected):
     layer = SqueezeAggregatedExcitation(channels)
     assert layer.rd_channels == expected == make_divisible(channels / 32, 8, round_limit=0.)
@@ -72,7 +75,8 @@ def test_default_branch_width_follows_author(channels, expected):
 
 
 def test_rd_channels_overrides_ratio_and_options_reach_modules():
-    layer = SqueezeAggregatedExcitation(64, cardinality=3, rd_channels=5, bias=False, act_layer='gelu', gate_layer='hard_sigmoid')
+    layer = SqueezeAggregatedExcitation(
+        64, cardinality=3, rd_channels=5, bias=False, act_layer='gelu', gate_layer='hard_sigmoid')
     assert layer.fc_branches.out_features == 15 and layer.fc_branches.bias is None
     assert type(layer.act).__name__ == 'GELU'
     assert 'hard' in type(layer.gate).__name__.lower()

@@ -19,18 +19,18 @@ import pytest
 import timm
 import torch
 from timm.models import create_feature_extractor as timm_feature_extractor
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor as tv_feature_extractor
 
 import timm_sae.blocks
-from timm_sae import SaEBottleneck, fuse_batchnorm
-from conftest import fast_or_slow, randomise_batchnorm
+from conftest import F64_REL, fast_or_slow, randomise_batchnorm
+from timm_sae import SaEBottleneck, fuse_batchnorm, set_fast_tail
 
 FAMILY = timm.list_models('sae*')
 WHOLE_MODELS = ('saeresnet26', 'saeresnet26d', 'saeresnet50t', 'saeresnetaa50d', 'saeresnext26t_32x4d')
 FAST_BLOCKS = ('saeresnet18', 'saeresnetaa50d')
 FAST_WHOLE_MODELS = ('saeresnet26d',)
-F64_REL = 1e-9
 F32_REL = 1e-5
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -59,18 +59,26 @@ def narrow_calls(monkeypatch: pytest.MonkeyPatch) -> List[bool]:
 
 @pytest.fixture
 def se_form(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable], object]:
-    """Runs a callable with the SE form of the squeeze everywhere (the reference)."""
+    """Runs a callable with the SE form of the squeeze and timm's own tail everywhere (the reference)."""
     def run(fn: Callable):
         with monkeypatch.context() as patch:
             patch.setattr(timm_sae.blocks, 'narrow_squeeze', lambda *args: None)
+            patch.setattr(timm_sae.blocks, 'gate_of', lambda module: None)
             return fn()
     return run
 
 
 def _random_(module: nn.Module, seed: int) -> nn.Module:
-    """Seeded random parameters, BatchNorm statistics and affine maps, in float64."""
+    """Seeded random parameters, BatchNorm statistics and affine maps, in float64.
+
+    The last norm of each block (the one timm zero-initialises) gets weights in [0.1, 0.3], as in
+    ``conftest.randomise_batchnorm``: with weights near 1 the residual stream of a deep model grows until its
+    gates saturate, and rounding alone then moves their gradients by more than the tolerance.
+    """
     generator = torch.Generator().manual_seed(seed)
     module = module.to(torch.float64)  # on the meta device this allocates nothing
+    last_norms = {f'{name}.{"bn3" if hasattr(block, "bn3") else "bn2"}.weight'.lstrip('.')
+                  for name, block in module.named_modules() if isinstance(block, (BasicBlock, Bottleneck))}
     with torch.no_grad():
         for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
             if name.endswith('running_var'):
@@ -79,6 +87,8 @@ def _random_(module: nn.Module, seed: int) -> nn.Module:
                 tensor.zero_()
             elif tensor.dim() > 1:
                 tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
+            elif name in last_norms:
+                tensor.uniform_(0.1, 0.3, generator=generator)
             else:
                 tensor.uniform_(-0.5, 0.5, generator=generator)
                 if name.endswith('weight'):
@@ -148,13 +158,18 @@ def test_models_match_se_form(name: str, narrow_calls, se_form):
 
 
 @pytest.mark.parametrize('compiling', [False, True], ids=['eager', 'compiling'])
-def test_training_takes_the_se_form(compiling: bool, narrow_calls, monkeypatch):
-    """With batch statistics the narrow form measured slower, eager and compiled (``timm_sae.blocks``)."""
+def test_training_takes_no_narrow_squeeze(compiling: bool, narrow_calls, monkeypatch):
+    """With batch statistics the squeeze comes from the exact tail's statistics pass (eager and compiled,
+    ``timm_sae.tail``), or from the full-width norm output in timm's tail; the narrow form runs in eval."""
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
     model = timm.create_model('saeresnet26', num_classes=5).train()
     model(torch.randn(2, 3, 64, 64))
+    assert not narrow_calls  # the exact tail returns before the squeeze is asked for
+    set_fast_tail(model, False)
+    model(torch.randn(2, 3, 64, 64))
     train_calls = len(narrow_calls)
     assert train_calls and not any(narrow_calls)
+    set_fast_tail(model, True)
     model.eval()(torch.randn(1, 3, 64, 64))
     assert len(narrow_calls) > train_calls and all(narrow_calls[train_calls:])
 
@@ -182,16 +197,16 @@ def test_tools_see_the_sae_layer_as_they_see_se(se_name: str, sae_name: str, tra
         model = randomise_batchnorm(timm.create_model(name, num_classes=5)).train(training)
         blocks = [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]
         seen = []
-        hooks = [block.se.register_forward_pre_hook(lambda m, args: seen.append([args[0].clone()]))
+        hooks = [block.se.register_forward_pre_hook(lambda m, args, seen=seen: seen.append([args[0].clone()]))
                  for block in blocks]
-        hooks += [block.se.register_forward_hook(lambda m, args, out: seen[-1].append(out.clone()))
+        hooks += [block.se.register_forward_hook(lambda m, args, out, seen=seen: seen[-1].append(out.clone()))
                   for block in blocks]
         with torch.no_grad():
             eager = model(x)
         for hook in hooks:
             hook.remove()
         assert len(seen) == len(blocks)
-        for (se_input, se_output), block in zip(seen, blocks):
+        for (se_input, se_output), block in zip(seen, blocks, strict=True):
             assert se_output.shape == se_input.shape
             if name == sae_name:
                 expected = se_input * block.se.excite(se_input.mean((2, 3)))

@@ -15,7 +15,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 import timm_sae  # noqa: F401
 from conftest import randomise_batchnorm
 from timm_sae._testing import EXACT_RTOL, relative_error
-from timm_sae.blocks import SaEBottleneck
+from timm_sae.blocks import SaEBasicBlock, SaEBottleneck
 from timm_sae.cli import main
 from timm_sae.convert import ConversionError, convert_state_dict
 from timm_sae.hub import export_checkpoint
@@ -43,7 +43,7 @@ def _relative_error(model: torch.nn.Module, reference: torch.nn.Module, size: in
 
 
 @pytest.mark.parametrize('name, sae_block, plain_block', [
-    ('saeresnet18', BasicBlock, BasicBlock), ('saeresnet26', SaEBottleneck, Bottleneck)])
+    ('saeresnet18', SaEBasicBlock, BasicBlock), ('saeresnet26', SaEBottleneck, Bottleneck)])
 def test_other_stages_are_timms_plain_blocks_with_the_plain_twins_keys(name, sae_block, plain_block):
     model = timm.create_model(name, sae_stages=(3, 4), device='meta')
     plain = timm.create_model(name.replace('sae', '', 1), device='meta')

@@ -351,6 +351,21 @@ def test_train_py_warm_starts_from_plain_resnet_weights(scripts, data3, stand_in
 
 # ---- the switch itself: skip without the variable, fail on a folder without the scripts ----
 
+def test_train_py_trains_an_accelerated_seresnext(scripts, data2, env, work):
+    """The documented route for timm's own SE models: ``--device-modules timm_sae.accelerate_all``."""
+    output = _run([
+        scripts / 'train.py', data2, '--device-modules', 'timm_sae.accelerate_all', '--model', 'seresnext50_32x4d',
+        '--num-classes', 2, '--device', 'cpu', '--img-size', IMG_SIZE, '-b', 4, '--epochs', 1,
+        '--warmup-epochs', 0, '--workers', 0, '--no-prefetcher', '--checkpoint-hist', 1, '--log-interval', 1,
+        '--output', work / 'train', '--experiment', 'accelerated',
+    ], env, work)
+    assert 'timm_sae.accelerate_all: 16 blocks accelerated, 0 left as they are' in output
+    ckpt = read_checkpoint(work / 'train' / 'accelerated' / 'last.pth.tar')
+    plain = timm.create_model('seresnext50_32x4d', num_classes=2, device='meta').state_dict()
+    assert ckpt.arch == 'seresnext50_32x4d'
+    assert {k: tuple(v.shape) for k, v in ckpt.state_dict.items()} == {k: tuple(v.shape) for k, v in plain.items()}
+
+
 def test_without_scripts_dir_the_tests_skip_saying_how_to_enable(monkeypatch):
     monkeypatch.delenv(SCRIPTS_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception) as skipped:

@@ -22,7 +22,7 @@ EXACT_RTOL = 1e-5
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected|: how far logits are from the reference's, relative to its largest."""
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
+    return ((actual - expected).detach().abs().max() / expected.detach().abs().max().clamp_min(1e-300)).item()
 
 
 def hub_snapshot(cache_dir: PathLike, repo_id: str, commit: Optional[str] = None, revision: str = 'main') -> Path:

@@ -1,41 +1,48 @@
-"""The SaE Bottleneck: timm's ``Bottleneck`` whose SaE layer squeezes the narrow conv3 input.
+# timm types a block's `aa` Optional (it is nn.Identity when off) and TorchScript reads type comments inside
+# forward(), so that one mypy error code is turned off here rather than on the line:
+# mypy: disable-error-code="misc"
+"""The SaE blocks: timm's ``Bottleneck`` and ``BasicBlock`` with SaE's exact fast forms.
 
-timm's SE blocks gate the block's full-width last norm output ``x = bn3(conv3(y))`` by its spatial
-mean, so the squeeze costs one more read of ``x`` than a plain ResNet block. In a Bottleneck, conv3
-is a 1x1, stride-1 convolution of the narrow activation ``y`` (a quarter of the channels), linear per
-pixel, so it commutes with the spatial mean (arXiv:2308.13343 places SaE exactly where SE goes, so
-the pooled value is the same)::
+timm's SE blocks gate the block's full-width last norm output ``x = bn3(conv3(y))`` by its spatial mean.
+Done as written, the squeeze reads ``x`` once more, the gate is one more pass, and in training autograd keeps
+``x`` for the gate's backward: a quarter more activation memory than a plain ResNet block. The SaE blocks
+compute the same function (arXiv:2308.13343 places SaE exactly where SE goes) in fewer passes:
 
-    mean_hw(bn3(conv3(y))) = bn3_affine(W3 @ mean_hw(y) + b3)          (BatchNorm's running statistics)
+* training: the exact tail (``timm_sae.tail.gated_tail``): BatchNorm with batch statistics, squeeze, excite,
+  gate, drop_path, residual add and ReLU as two autograd Functions with the excitation's own modules between
+  them, keeping only ``z = conv3(y)`` and the block's output, as the plain block does.
+* eval: the squeeze from the narrow conv3 input (Bottleneck). conv3 is a 1x1, stride-1 convolution of ``y``
+  (a quarter of the channels), linear per pixel, so it commutes with the spatial mean::
 
-``fuse_batchnorm``'s folded conv3 (bias, no bn3) is the same without the affine map. Which form runs
-(``narrow_squeeze``), as measured with ``benchmarks/speed.py`` against the same model with the SE form:
+      mean_hw(bn3(conv3(y))) = bn3_affine(W3 @ mean_hw(y) + b3)          (BatchNorm's running statistics)
 
-* eval (eager, compiled, traced, exported): the narrow form. It reads ``y`` instead of ``x`` and the
-  gate is known before conv3 runs, so a compiler fuses BatchNorm, gate, residual add and activation
-  into one pass over ``x``, as for a plain ResNet block.
-* train: the SE form, ``mean_hw(x)`` in the SaE layer. With batch statistics the narrow form needs
-  ``var_mean(conv3(y))``, which autograd cannot take from BatchNorm (its saved statistics carry no
-  gradient): in eager a pass over ``x`` of its own, and compiled (where Inductor computes it in
-  BatchNorm's statistics kernel) it measured 0.98 (NCHW) and 0.96 (channels_last) of the SE form's
-  training throughput on the CPU.
-* anything else (a norm other than BatchNorm2d / Identity, a conv3 that is not 1x1 / stride 1 /
-  ungrouped, TorchScript): the SE form.
+  (``fuse_batchnorm``'s folded conv3, with a bias and no bn3, is the same without the affine map). The gate
+  is then folded into BatchNorm's per-channel affine (``timm_sae.tail.folded_eval_tail``): one pass over
+  ``z`` before the residual add. The BasicBlock (3x3 conv2) squeezes ``z`` itself.
+* anything the fast forms would hide something from, or that they do not cover: timm's own tail, with the
+  narrow squeeze in eval. That is a forward hook on the SaE layer, the last norm, the activation or
+  drop_path (Grad-CAM, feature extraction), a global module hook, torch.fx tracing, TorchScript, a norm
+  other than ``nn.BatchNorm2d`` (or a ``SyncBatchNorm`` that syncs), an activation other than ReLU. Under
+  torch.compile the training tail is traced into the graph with its backward (``compiled_tail``, which
+  measured faster than leaving timm's form to Inductor: docs/speed.md); eval leaves timm's form to Inductor,
+  which fuses it with the narrow squeeze.
 
-Both forms are exact (the tests compare values and gradients). Parameters, state dicts and the forward
-hooks, fx nodes and feature extraction of timm's blocks are unchanged: ``self.se(x, z)`` runs and returns
-the gated map (N, C, H, W), as SE's ``self.se(x)`` does. Without autograd the layer gates in place in
-the block's BatchNorm output, so a forward hook on bn3 that keeps that tensor sees it gated afterwards
-under ``torch.no_grad`` / ``torch.inference_mode`` (clone it in the hook).
-
-timm's ``BasicBlock`` needs no subclass: its conv2 is 3x3, which does not commute with the mean.
+Every form is exact (the tests compare values, gradients and running statistics). Parameters, state dicts,
+``isinstance(block, Bottleneck)`` and the forward hooks, fx nodes and feature extraction of timm's blocks are
+unchanged: where something looks, ``self.se(x, z)`` runs and returns the gated map (N, C, H, W), as SE's
+``self.se(x)`` does. Without autograd the layer gates in place in the block's BatchNorm output, so a
+forward hook on bn3 that keeps that tensor sees it gated afterwards (clone it in the hook).
+``set_fast_tail(model, False)`` gives every SaE block timm's own tail (the reference of the tests and benchmarks).
 """
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
-from timm.models.resnet import Bottleneck
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .tail import Gate, folded_eval, folded_eval_tail, fused_tail, gate_of, gated_tail
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -46,19 +53,33 @@ def _is_pointwise(conv: nn.Module) -> bool:
 
 
 def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optional[torch.Tensor]:
-    """``mean_hw(norm(conv(y)))``, shape (N, C), from the narrow ``y``; None where the SE form runs (module docstring)."""
-    if not _is_pointwise(conv) or type(norm) not in (nn.Identity, nn.BatchNorm2d, nn.SyncBatchNorm):
+    """``mean_hw(norm(conv(y)))``, (N, C), from the narrow ``y``; None where it does not hold (module docstring)."""
+    if not isinstance(conv, nn.Conv2d) or not _is_pointwise(conv):
         return None
-    if not isinstance(norm, nn.Identity) and (norm.training or norm.running_mean is None):
-        return None  # batch statistics
     pooled = F.linear(y.mean((2, 3)), conv.weight.flatten(1), conv.bias)
-    if isinstance(norm, nn.Identity):
+    if type(norm) is nn.Identity:
         return pooled
+    if type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or not isinstance(norm, _BatchNorm):
+        return None
+    if norm.training or norm.running_mean is None:
+        return None  # batch statistics
     return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
 
 
-class SaEBottleneck(Bottleneck):
-    """timm ``Bottleneck`` with an SaE ``attn_layer`` that squeezes the narrow conv3 input (module docstring)."""
+def _gate(block: Union['GatedBottleneck', 'GatedBasicBlock']) -> Optional[Gate]:
+    """The block's gate for the fast tails, or None (timm's own tail then)."""
+    return gate_of(block.se) if block.fast_tail else None
+
+
+class GatedBottleneck(Bottleneck):
+    """timm ``Bottleneck`` whose attention gates by the channel means (SaE, SE, ECA): the exact fast forms.
+
+    ``forward`` is timm's wherever a fast form does not apply (module docstring); ``_attend`` calls the attention
+    layer there as timm does.
+    """
+
+    fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
+    compiled_tail: bool = True  # the exact training tail under torch.compile too (measured faster: docs/speed.md)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -70,12 +91,24 @@ class SaEBottleneck(Bottleneck):
         x = self.drop_block(x)
         x = self.act2(x)
         x = self.aa(x)
-        z: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():
-            z = narrow_squeeze(self.conv3, self.bn3, x)
+            gate = _gate(self)
+            if gate is not None and fused_tail(
+                    self.bn3, self.se, self.act3, self.drop_path, self.training, self.compiled_tail):
+                z = self.conv3(x)
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return gated_tail(z, self.bn3, gate, shortcut, self.drop_path)
+            if gate is not None and folded_eval(self.bn3, self.se, self.act3, self.drop_path):
+                squeeze = narrow_squeeze(self.conv3, self.bn3, x)
+                z = self.conv3(x)
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return folded_eval_tail(z, self.bn3, gate, shortcut, squeeze)
+        y = x
         x = self.conv3(x)
         x = self.bn3(x)
-        x = self.se(x, z)
+        x = self._attend(x, y)
         if self.drop_path is not None:
             x = self.drop_path(x)
         if self.downsample is not None:
@@ -83,3 +116,66 @@ class SaEBottleneck(Bottleneck):
         x += shortcut
         x = self.act3(x)
         return x
+
+    def _attend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The attention layer on the norm output ``x`` (``y``: conv3's input), as timm calls it."""
+        return self.se(x)
+
+
+class SaEBottleneck(GatedBottleneck):
+    """timm ``Bottleneck`` with an SaE ``attn_layer``: also the narrow squeeze where timm's tail runs."""
+
+    def _attend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        squeeze: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            squeeze = narrow_squeeze(self.conv3, self.bn3, y)
+        return self.se(x, squeeze)
+
+
+class GatedBasicBlock(BasicBlock):
+    """timm ``BasicBlock`` whose attention gates by the channel means (SaE, SE, ECA): the exact fast forms."""
+
+    fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
+    compiled_tail: bool = True  # the exact training tail under torch.compile too (measured faster: docs/speed.md)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.drop_block(x)
+        x = self.act1(x)
+        x = self.aa(x)
+        x = self.conv2(x)
+        if not torch.jit.is_scripting():
+            gate = _gate(self)
+            if gate is not None and fused_tail(
+                    self.bn2, self.se, self.act2, self.drop_path, self.training, self.compiled_tail):
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return gated_tail(x, self.bn2, gate, shortcut, self.drop_path)
+            if gate is not None and folded_eval(self.bn2, self.se, self.act2, self.drop_path):
+                if self.downsample is not None:
+                    shortcut = self.downsample(shortcut)
+                return folded_eval_tail(x, self.bn2, gate, shortcut)
+        x = self.bn2(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        x += shortcut
+        x = self.act2(x)
+        return x
+
+
+class SaEBasicBlock(GatedBasicBlock):
+    """timm ``BasicBlock`` with an SaE ``attn_layer`` and the exact fast forms."""
+
+
+def set_fast_tail(model: nn.Module, enabled: bool) -> int:
+    """Switch the gated blocks of ``model`` between the fast forms and timm's own tail; returns how many blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
+    for block in blocks:
+        block.fast_tail = enabled
+    return len(blocks)

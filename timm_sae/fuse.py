@@ -23,10 +23,10 @@ inference only: its state dict no longer matches the unfused model's.
 import copy
 from typing import List, Tuple
 
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = ['fuse_batchnorm']
 
@@ -47,7 +47,7 @@ def _adjacent_pairs(module: nn.Module) -> List[_Pair]:
     """The conv -> BN pairs that ``module``'s own forward applies back to back."""
     if type(module) is nn.Sequential:  # subclasses may wire their children otherwise
         names = list(module._modules)
-        return [(module, a, module, b) for a, b in zip(names[:-1], names[1:])]
+        return [(module, a, module, b) for a, b in zip(names[:-1], names[1:], strict=False)]
     if isinstance(module, (BasicBlock, Bottleneck)):
         return [(module, f'conv{i}', module, f'bn{i}') for i in (1, 2, 3) if hasattr(module, f'bn{i}')]
     if isinstance(module, ResNet):

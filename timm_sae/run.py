@@ -1,6 +1,6 @@
 """Run a script of timm's source repository with the SaE models registered.
 
-    python -m timm_sae.run SCRIPT [ARGS ...]      (or: timm-sae run SCRIPT [ARGS ...])
+    python -m timm_sae.run [--accelerate] SCRIPT [ARGS ...]      (or: timm-sae run ...)
 
 timm's validate.py, benchmark.py and inference.py have no hook to import a model package before
 ``create_model``; this imports ``timm_sae`` and then runs SCRIPT as ``python SCRIPT ARGS`` would
@@ -8,7 +8,8 @@ timm's validate.py, benchmark.py and inference.py have no hook to import a model
 ``--model saeresnet50`` and ``--model hf-hub:ORG/NAME`` of SaE weights work. Its exit status is
 passed through. The scripts come with timm's source (https://github.com/huggingface/pytorch-image-models,
 at the tag of the installed timm), not with the pip package. train.py can also do without the
-runner: ``train.py --device-modules timm_sae ...`` (under ``torchrun`` too).
+runner: ``train.py --device-modules timm_sae ...`` (under ``torchrun`` too). ``--accelerate`` first imports
+``timm_sae.accelerate_all``, so that timm's SE, ECA and SaE ResNets build with the exact fast forms.
 """
 import runpy
 import sys
@@ -22,7 +23,7 @@ from timm_sae.errors import ScriptNotFoundError
 
 __all__ = ['ScriptNotFoundError', 'run_script', 'main']
 
-USAGE = 'usage: python -m timm_sae.run SCRIPT [ARGS ...]'
+USAGE = 'usage: python -m timm_sae.run [--accelerate] SCRIPT [ARGS ...]'
 
 
 def run_script(script: str, args: Sequence[str] = ()) -> int:
@@ -56,6 +57,9 @@ def _exit_status(code: object) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == '--accelerate':
+        import timm_sae.accelerate_all  # noqa: F401  (the opt-in: timm's ResNets build accelerated)
+        argv = argv[1:]
     if not argv or argv[0] in ('-h', '--help'):
         print(USAGE, file=sys.stderr)
         return 0 if argv else 2

@@ -42,7 +42,7 @@ from timm.models import (
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from .blocks import SaEBottleneck
+from .blocks import SaEBasicBlock, SaEBottleneck
 from .errors import ConversionError, NoWeightsError, some_names
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
@@ -115,12 +115,13 @@ def _check_stages(variant: str, sae_stages: Iterable[int], num_stages: int) -> T
     return tuple(sorted(set(stages)))
 
 
-def _stage_blocks(block: BlockType, attn_layer: Callable[..., nn.Module], stages: Tuple[int, ...],
-                  num_stages: int) -> Tuple[BlockType, ...]:
+def _stage_blocks(block: Type[Union[BasicBlock, Bottleneck]], attn_layer: Callable[..., nn.Module],
+                  stages: Tuple[int, ...], num_stages: int) -> Tuple[BlockType, ...]:
     """The block of each stage: ``block`` with SaE in ``stages``, timm's plain block of its kind elsewhere."""
-    plain = Bottleneck if issubclass(block, Bottleneck) else block
-    with_sae = partial(block, attn_layer=attn_layer)
-    with_sae.expansion = block.expansion  # what timm's ResNet reads of a block class
+    plain: BlockType = Bottleneck if issubclass(block, Bottleneck) else BasicBlock
+    # timm types attn_layer as a class; any callable that builds the layer from (channels, device, dtype) will do
+    with_sae = partial(block, attn_layer=attn_layer)  # type: ignore[arg-type]
+    with_sae.expansion = block.expansion  # type: ignore[union-attr]  # what timm's ResNet reads of a block class
     return tuple(with_sae if stage in stages else plain for stage in range(1, num_stages + 1))
 
 
@@ -375,7 +376,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def saeresnet18(pretrained: bool = False, **kwargs) -> ResNet:
     """SaE-ResNet-18, twin of seresnet18: basic blocks (2, 2, 2, 2), 7x7 stem."""
-    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    model_args = dict(block=SaEBasicBlock, layers=(2, 2, 2, 2))
     return _create_saeresnet('saeresnet18', pretrained, **dict(model_args, **kwargs))
 
 
@@ -396,7 +397,7 @@ def saeresnet26d(pretrained: bool = False, **kwargs) -> ResNet:
 @register_model
 def saeresnet34(pretrained: bool = False, **kwargs) -> ResNet:
     """SaE-ResNet-34, twin of seresnet34: basic blocks (3, 4, 6, 3), 7x7 stem."""
-    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
+    model_args = dict(block=SaEBasicBlock, layers=(3, 4, 6, 3))
     return _create_saeresnet('saeresnet34', pretrained, **dict(model_args, **kwargs))
 
 

@@ -22,8 +22,8 @@ Called as ``sae(x)`` it squeezes ``x`` itself, like timm's ``SEModule``. A calle
 from typing import Optional, Type, Union
 
 import torch
-from torch import nn
 from timm.layers import create_act_layer, make_divisible
+from torch import nn
 
 
 class SqueezeAggregatedExcitation(nn.Module):
@@ -80,9 +80,13 @@ class SqueezeAggregatedExcitation(nn.Module):
         self.fc_excite = nn.Linear(cardinality * rd_channels, channels, bias=bias, **dd)
         self.gate = create_act_layer(gate_layer)
 
+    def excitation(self, z: torch.Tensor) -> torch.Tensor:
+        """The excitation ``s`` (N, C) of the squeeze ``z`` (N, C): the aggregated branches, then the gate."""
+        return self.gate(self.fc_excite(self.act(self.fc_branches(z))))
+
     def excite(self, z: torch.Tensor) -> torch.Tensor:
         """The per-channel multiplier of ``x`` from its squeeze ``z`` (N, C): ``1 + s`` (or ``s``), (N, C, 1, 1)."""
-        s = self.gate(self.fc_excite(self.act(self.fc_branches(z))))
+        s = self.excitation(z)
         if self.residual:
             s = s + 1.  # on the small (N, C) tensor, so that x is read once
         return s[:, :, None, None]

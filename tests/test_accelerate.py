@@ -1,0 +1,149 @@
+"""``timm_sae.accelerate``: timm's SE, ECA and effective-SE ResNets converted in place, exactly.
+
+float64 against the unconverted model (a deep copy): training steps (values, gradients of the input and every
+parameter, running statistics, drop_path on), eval outputs, the state dict, module paths and classes, and what
+the tools that look inside models see.
+"""
+import copy
+import importlib
+import subprocess
+import sys
+from typing import List
+
+import pytest
+import timm
+import torch
+from timm.models.resnet import BasicBlock, Bottleneck
+from torch import nn
+
+from conftest import assert_equal_records, fast_or_slow, train_steps
+from timm_sae import GatedBasicBlock, GatedBottleneck, accelerate
+from timm_sae._testing import relative_error
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+MODELS = {
+    'seresnet18': {},
+    'seresnext26d_32x4d': {},
+    'ecaresnet26t': {},
+    'resnet26-ese': {'block_args': {'attn_layer': 'ese'}},
+    'seresnet50': {},
+    'ecaresnet50d': {},
+    'resnet50-ese': {'block_args': {'attn_layer': 'ese'}},
+}
+FAST = {'seresnet18', 'seresnext26d_32x4d', 'ecaresnet26t', 'resnet26-ese'}
+
+
+def _model(label: str, **kwargs) -> nn.Module:
+    """A seeded float64 model with BatchNorm weights away from timm's init (so that the gates matter)."""
+    torch.manual_seed(0)
+    model = timm.create_model(label.split('-')[0], num_classes=5, **MODELS.get(label, {}), **kwargs).double()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2., generator=generator)
+    return model
+
+
+@pytest.mark.parametrize('label', fast_or_slow(MODELS, FAST))
+def test_accelerated_model_trains_and_infers_exactly(label: str, tail_calls: List[int]):
+    model = _model(label, drop_path_rate=0.1).train()
+    reference = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    classes = {name: type(m) for name, m in model.named_modules()}
+    assert accelerate(model) is model
+    blocks = [name for name, m in model.named_modules() if isinstance(m, (Bottleneck, BasicBlock))]
+    assert model.acceleration.converted == blocks and not model.acceleration.left
+    assert list(model.state_dict()) == keys
+    assert [name for name, _ in model.named_modules()] == list(classes)
+    for name, module in model.named_modules():
+        assert isinstance(module, classes[name])  # a subclass of timm's block, or the same class
+
+    x = torch.randn(4, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fast = train_steps(model, x, steps=2, lr=1e-4)
+    assert len(tail_calls) == 2 * len(blocks)
+    assert_equal_records(fast, train_steps(reference, x, steps=2, lr=1e-4))
+    with torch.no_grad():
+        assert relative_error(model.eval()(x), reference.eval()(x)) < 1e-9
+
+
+def test_model_without_gate_comes_back_unchanged():
+    model = timm.create_model('resnet50', device='meta')
+    cbam = timm.create_model('resnet18', block_args={'attn_layer': 'cbam'}, device='meta')
+    before = {name: type(m) for name, m in model.named_modules()}
+    accelerate(model)
+    accelerate(cbam)
+    assert {name: type(m) for name, m in model.named_modules()} == before
+    assert not model.acceleration.converted and set(model.acceleration.left.values()) == {'no attention layer'}
+    assert all(type(b) is BasicBlock for b in cbam.modules() if isinstance(b, BasicBlock))
+    assert set(cbam.acceleration.left.values()) == {'CbamModule does not gate by the channel means alone'}
+    assert '0 blocks accelerated, 8 left as they are' in str(cbam.acceleration)
+
+
+def test_accelerate_twice_is_harmless():
+    model = accelerate(timm.create_model('seresnet18', device='meta'))
+    classes = [type(m) for m in model.modules()]
+    assert accelerate(model).acceleration.converted == model.acceleration.converted
+    assert [type(m) for m in model.modules()] == classes
+    assert sum(isinstance(m, GatedBasicBlock) for m in model.modules()) == 8
+
+
+def test_tools_see_an_accelerated_model_as_timms():
+    """Hooks on ``.se`` fire and see the gated map, torch.fx traces timm's nodes, features_only, grad checkpointing
+    and fuse_batchnorm behave as on the unconverted model."""
+    from timm_sae import fuse_batchnorm
+    model = _model('seresnext26d_32x4d').float().eval()
+    reference = copy.deepcopy(model)
+    accelerate(model)
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    for name, m in (('fast', model), ('timm', reference)):
+        outputs = []
+        handle = m.layer2[0].se.register_forward_hook(lambda mod, args, out, seen=outputs: seen.append(out.shape))
+        with torch.no_grad():
+            m(x)
+        handle.remove()
+        traced = torch.fx.symbolic_trace(m)
+        seen[name] = (outputs, [n.target for n in traced.graph.nodes if n.op == 'call_module'])
+    assert seen['fast'] == seen['timm'] and seen['fast'][0]
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_batchnorm(model)(x), reference(x), rtol=1e-4, atol=1e-4)
+        features = accelerate(timm.create_model('seresnet18', features_only=True, pretrained=False)).eval()
+        assert len(features(x)) == 5 and features.acceleration.converted
+    model.train().set_grad_checkpointing(True)
+    reference.train().set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    assert relative_error(out, reference(x)) < 1e-4
+
+
+@pytest.mark.slow
+def test_accelerate_all_is_opt_in():
+    """``import timm_sae`` leaves timm's models as they are; ``import timm_sae.accelerate_all`` accelerates every
+    ResNet built afterwards (a fresh interpreter, as timm's scripts import it)."""
+    code = (
+        'import timm, timm_sae; from timm_sae import GatedBottleneck\n'
+        'assert not isinstance(timm.create_model("seresnet50", device="meta").layer1[0], GatedBottleneck)\n'
+        'import timm_sae.accelerate_all\n'
+        'm = timm.create_model("seresnet50", device="meta")\n'
+        'assert isinstance(m.layer1[0], GatedBottleneck) and len(m.acceleration.converted) == 16\n'
+        'assert not timm.create_model("resnet50", device="meta").acceleration.converted\n'
+    )
+    subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_accelerate_all_patches_resnet_once(monkeypatch: pytest.MonkeyPatch):
+    from timm.models.resnet import ResNet
+    monkeypatch.setattr(ResNet, '__init__', ResNet.__init__)  # restored after the test
+    sys.modules.pop('timm_sae.accelerate_all', None)
+    importlib.import_module('timm_sae.accelerate_all')
+    patched = ResNet.__init__
+    sys.modules.pop('timm_sae.accelerate_all', None)
+    importlib.import_module('timm_sae.accelerate_all')
+    assert ResNet.__init__ is patched
+    assert isinstance(timm.create_model('seresnet18', device='meta').layer1[0], GatedBasicBlock)
+    assert isinstance(timm.create_model('ecaresnet26t', device='meta').layer1[0], GatedBottleneck)

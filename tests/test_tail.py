@@ -1,0 +1,231 @@
+"""The exact training tail (``timm_sae.tail``): values, every gradient and the running statistics equal timm's
+own tail (the same block with ``fast_tail = False``), and it runs only where it stands in exactly.
+
+Exactness runs in float64, where the two forms differ by rounding alone (about 1e-13), so the 1e-9 tolerance
+cannot hide a wrong formula: 3 training steps (forward, backward, an SGD step) per case, every block kind of the
+family (BasicBlock, Bottleneck, grouped, downsample, avg-down, anti-aliased), residual and plain gate,
+``momentum=None``, drop_path, channels_last, timm's zero-initialised last BatchNorm, and a channel whose mean is
+250 times its spread.
+"""
+import copy
+from typing import List, Tuple
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+from conftest import F64_REL, assert_equal_records, fast_or_slow, train_steps
+from timm_sae import SqueezeAggregatedExcitation
+from timm_sae._testing import relative_error
+from timm_sae.blocks import SaEBasicBlock, SaEBottleneck, set_fast_tail
+from timm_sae.tail import gate_of, gated_tail
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+# (architecture, block): one of each kind the family has
+BLOCKS = {
+    'basic-downsample': ('saeresnet18', 'layer2.0'),
+    'basic': ('saeresnet18', 'layer1.1'),
+    'bottleneck-downsample': ('saeresnet26', 'layer2.0'),
+    'bottleneck': ('saeresnet26', 'layer3.1'),
+    'grouped-avg-down': ('saeresnext26d_32x4d', 'layer2.0'),
+    'anti-aliased-avg-down': ('saeresnetaa50d', 'layer3.0'),
+}
+VARIANTS = ('default', 'plain-gate', 'momentum-none', 'drop-path', 'channels-last', 'gamma-zero')
+
+
+def _block(arch: str, path: str, variant: str, seed: int = 0) -> nn.Module:
+    """A float64 train-mode block with seeded random parameters and BatchNorm statistics."""
+    kwargs = {'sae_residual': False} if variant == 'plain-gate' else {}
+    block = copy.deepcopy(timm.create_model(arch, device='meta', **kwargs).get_submodule(path))
+    block = block.to(torch.float64).to_empty(device='cpu')
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
+            if name.endswith('running_var'):
+                tensor.uniform_(0.5, 2., generator=generator)
+            elif name.endswith('num_batches_tracked'):
+                tensor.zero_()
+            elif tensor.dim() > 1:
+                tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
+            else:
+                tensor.uniform_(-0.5, 0.5, generator=generator)
+                if name.endswith('weight'):
+                    tensor.add_(1.)
+    last_norm = block.bn3 if isinstance(block, SaEBottleneck) else block.bn2
+    if variant == 'momentum-none':
+        for module in block.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = None
+    if variant == 'gamma-zero':
+        nn.init.zeros_(last_norm.weight)
+    if variant == 'drop-path':
+        block.drop_path = DropPath(0.3)
+    return block.train()
+
+
+def _params(kinds, variants) -> list:
+    """Fast: every kind's default and every variant of one Bottleneck and one BasicBlock; the rest slow."""
+    fast = {f'{kind}-{variant}' for kind in kinds for variant in variants
+            if variant == 'default' or kind in ('bottleneck-downsample', 'basic-downsample')}
+    cases = [(kind, variant) for kind in kinds for variant in variants]
+    return [pytest.param(kind, variant, id=f'{kind}-{variant}',
+                         marks=() if f'{kind}-{variant}' in fast else pytest.mark.slow) for kind, variant in cases]
+
+
+@pytest.mark.parametrize('kind, variant', _params(BLOCKS, VARIANTS))
+def test_block_training_equals_timm_tail(kind: str, variant: str, tail_calls: List[int]):
+    """3 training steps: outputs, gradients (input, shortcut path, every parameter) and running statistics."""
+    arch, path = BLOCKS[kind]
+    block = _block(arch, path, variant)
+    reference = copy.deepcopy(block)
+    assert set_fast_tail(reference, False) == 1
+    x = torch.randn(3, block.conv1.in_channels, 8, 8, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(2))
+    if variant == 'channels-last':
+        block, reference = (m.to(memory_format=torch.channels_last) for m in (block, reference))
+        x = x.contiguous(memory_format=torch.channels_last)
+    fast = train_steps(block, x)
+    assert len(tail_calls) == 3
+    assert_equal_records(fast, train_steps(reference, x))
+
+
+def _sae_tail_reference(z, norm, sae, shortcut):
+    return F.relu(sae(norm(z)) + shortcut)
+
+
+def _large_mean_case(dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 16, 6, 6, generator=generator, dtype=torch.float64)
+    z[:, 0] = z[:, 0] * 0.01 + 2.5  # mean 250 times the spread
+    z[:, 1] = z[:, 1] + 250.
+    shortcut = torch.randn(4, 16, 6, 6, generator=generator, dtype=torch.float64)
+    return z.to(dtype), shortcut.to(dtype)
+
+
+def test_large_mean_channel_float64():
+    """A channel whose mean is 250 times its spread: values, gradients and running statistics (float64)."""
+    torch.manual_seed(0)
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        norm = nn.BatchNorm2d(16).double().train()
+        sae = SqueezeAggregatedExcitation(16, rd_channels=8).double()
+        z, shortcut = _large_mean_case(torch.float64)
+        z.requires_grad_()
+        shortcut.requires_grad_()
+        out = gated_tail(z, norm, gate_of(sae), shortcut) if fast else _sae_tail_reference(z, norm, sae, shortcut)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append([out, z.grad, shortcut.grad, norm.running_mean, norm.running_var,
+                        *(p.grad for p in list(norm.parameters()) + list(sae.parameters()))])
+    for got, want in zip(*results, strict=True):
+        assert relative_error(got, want) < F64_REL
+
+
+def test_statistics_as_accurate_as_batchnorm_float32():
+    """fp32 running statistics and outputs as close to the float64 truth as BatchNorm's own, at 250x mean/spread."""
+    errors = {}
+    for name in ('fast', 'batchnorm'):
+        torch.manual_seed(0)
+        norm, sae = nn.BatchNorm2d(16), SqueezeAggregatedExcitation(16, rd_channels=8)
+        exact_norm = copy.deepcopy(norm).double()
+        z, shortcut = _large_mean_case(torch.float32)
+        with torch.no_grad():
+            truth = _sae_tail_reference(z.double(), exact_norm, copy.deepcopy(sae).double(), shortcut.double())
+            out = gated_tail(z, norm, gate_of(sae), shortcut) if name == 'fast' else \
+                _sae_tail_reference(z, norm, sae, shortcut)
+        errors[name] = [relative_error(norm.running_mean.double(), exact_norm.running_mean),
+                        relative_error(norm.running_var.double(), exact_norm.running_var),
+                        relative_error(out.double(), truth)]
+    for fast_error, bn_error in zip(errors['fast'], errors['batchnorm'], strict=True):
+        assert fast_error <= max(4 * bn_error, 1e-6), errors
+
+
+@pytest.mark.parametrize('kind', ['basic-downsample', 'bottleneck-downsample'])
+def test_bf16_autocast_within_bf16_rounding(kind: str):
+    """Under CPU bf16 autocast the output and every gradient are as close to the float64 truth as timm's tail's
+    (within twice its error plus a bf16 rounding of the largest entry)."""
+    arch, path = BLOCKS[kind]
+    block = _block(arch, path, 'default')
+    x = torch.randn(3, block.conv1.in_channels, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for name in ('fast', 'timm', 'truth'):
+        model = copy.deepcopy(block) if name == 'truth' else copy.deepcopy(block).float()
+        set_fast_tail(model, name == 'fast')
+        xx = (x if name == 'truth' else x.float()).clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=name != 'truth'):
+            out = model(xx)
+        assert out.dtype == (torch.float64 if name == 'truth' else torch.bfloat16)
+        (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        results[name] = [out, xx.grad, *(p.grad for p in model.parameters())]
+    for fast, timm_tail, truth in zip(results['fast'], results['timm'], results['truth'], strict=True):
+        assert relative_error(fast.double(), truth) <= 2 * relative_error(timm_tail.double(), truth) + 2 ** -8
+
+
+@pytest.mark.parametrize('arch', fast_or_slow(['saeresnet18', 'saeresnext26d_32x4d', 'saeresnet50'],
+                                              {'saeresnet18', 'saeresnext26d_32x4d'}))
+def test_model_training_step_equals_timm_tail(arch: str, tail_calls: List[int]):
+    """A whole model: 2 training steps with drop_path, float64, values, gradients and buffers."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=5, drop_path_rate=0.1).double().train()
+    with torch.no_grad():  # timm zero-initialises the last norms: give the gates something to do
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    reference = copy.deepcopy(model)
+    set_fast_tail(reference, False)
+    # 4 images of 64 px: layer4's BatchNorm then has 16 values per channel (with 2 its gradients are so ill
+    # conditioned that rounding alone moves them by 1e-9)
+    x = torch.randn(4, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    # a small step: a whole network's outputs amplify the last-bit differences of a large update
+    fast = train_steps(model, x, steps=2, lr=1e-4)
+    assert len(tail_calls) == 2 * len([m for m in model.modules() if isinstance(m, (SaEBottleneck, SaEBasicBlock))])
+    assert_equal_records(fast, train_steps(reference, x, steps=2, lr=1e-4))
+
+
+@pytest.mark.parametrize('where', ['se', 'bn3', 'act3', 'global'])
+def test_hooks_get_timm_tail(where: str, tail_calls: List[int]):
+    """A forward hook on the modules the tail stands in for (or a global one) sees them run, as on seresnet."""
+    model = timm.create_model('saeresnet26', num_classes=5).train()
+    block = model.layer3[1]
+    seen = []
+
+    def hook(module, args, output):
+        seen.append(output.shape)
+    if where == 'global':
+        handle = nn.modules.module.register_module_forward_hook(hook)
+    else:
+        handle = getattr(block, where).register_forward_hook(hook)
+    try:
+        model(torch.randn(2, 3, 64, 64)).sum().backward()
+    finally:
+        handle.remove()
+    assert seen
+    if where == 'global':
+        assert not tail_calls
+    else:
+        assert len(tail_calls) == len([m for m in model.modules() if isinstance(m, SaEBottleneck)]) - 1
+
+
+def test_sync_batchnorm_alone_takes_the_tail(tail_calls: List[int]):
+    """A model converted with SyncBatchNorm.convert_sync_batchnorm trains exactly in one process."""
+    torch.manual_seed(0)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(timm.create_model('saeresnet18', num_classes=5)).double().train()
+    reference = copy.deepcopy(model)
+    set_fast_tail(reference, False)
+    x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    fast = train_steps(model, x, steps=2, lr=1e-4)
+    assert tail_calls
+    assert_equal_records(fast, train_steps(reference, x, steps=2, lr=1e-4))
+
+
+@pytest.mark.parametrize('act', [nn.SiLU, nn.LeakyReLU])
+def test_other_activation_takes_timm_tail(act, tail_calls: List[int]):
+    """The tail's backward is written for ReLU: another activation runs timm's tail."""
+    model = timm.create_model('saeresnet18', num_classes=5, act_layer=act).train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert not tail_calls

@@ -1,0 +1,384 @@
+"""The gated tail of a residual block, exact, at the plain block's memory.
+
+A block that gates its last BatchNorm output by a function of that output's spatial mean (SaE,
+arXiv:2308.13343; SE; ECA) ends, with ``z`` the last conv's output::
+
+    x   = gamma (z - mu) r + beta          BatchNorm (batch statistics mu, var; r = (var + eps)^-1/2)
+    G   = excite(mean_hw(x))               the gate per (n, c): 1 + s (SaE's residual gate) or s
+    out = act(x G [* drop_path] + shortcut)
+
+Written out by autograd, this keeps ``x`` for the gate's backward: about a quarter more activation
+memory than the plain block, which keeps only ``z`` and ``out`` (needed by the next block anyway).
+Here the tail never materialises ``x`` for autograd:
+
+* the squeeze needs no pass over ``x``: ``mean_hw(x) = gamma (m - mu) r + beta`` with ``m = mean_hw(z)``,
+  taken in the statistics pass (``_BatchMoments``: per-(n, c) moments merged per channel (Chan et al.),
+  as accurate as BatchNorm's own);
+* ``out = act(z a + b + shortcut)`` with per-(n, c) ``a = gamma r G``, ``b = (beta - mu gamma r) G``
+  (``_GatedNormAct``), which keeps ``z`` and ``out`` only;
+* the backward is written by hand from per-(n, c) reductions: ``g = dout [out > 0]`` (the shortcut's
+  gradient), ``A = sum_hw g``, ``B = sum_hw g (z - mu) r`` (one BatchNorm backward call on the
+  (1, N*C, H, W) view gives ``g a``, ``B`` and ``A`` at once), the gate's gradient ``gamma B + beta A``;
+  the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``.
+
+The excitation between the two Functions (SaE's branches, SE's MLP, ECA's conv) stays ordinary modules:
+autograd gives their parameters their gradients as before. BatchNorm's running statistics are updated
+as ``nn.BatchNorm2d`` does (unbiased running variance, ``momentum=None`` as a cumulative average,
+``num_batches_tracked``).
+
+``fused_tail`` says where this runs (training, ``nn.BatchNorm2d`` or a ``SyncBatchNorm`` that would not
+sync, ``nn.ReLU``, nothing hooked on the modules it stands in for, no torch.fx or TorchScript; under
+torch.compile where the block asks for it); everywhere else the block runs timm's own form.
+``folded_eval_tail`` is the eval counterpart: the gate folded into the BatchNorm's per-channel affine, one
+pass over ``z`` before the residual add.
+"""
+from typing import Callable, NamedTuple, Optional, Tuple, Type, TypeGuard, TypeVar
+
+import torch
+import torch.distributed as dist
+from timm.layers import DropPath, EcaModule, EffectiveSEModule, SEModule
+from torch import nn
+from torch.nn.modules import module as nn_module
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
+
+__all__ = ['Gate', 'gate_of', 'fused_tail', 'gated_tail', 'folded_eval', 'folded_eval_tail', 'unobserved']
+
+
+ModuleT = TypeVar('ModuleT', bound=nn.Module)
+
+
+class Gate(NamedTuple):
+    """An attention module's gate: ``excitation`` maps the squeeze (N, C) to s (N, C); the block's output is
+    ``x (1 + s)`` where ``residual`` (SaE's default), else ``x s``."""
+    excitation: Callable[[torch.Tensor], torch.Tensor]
+    residual: bool
+
+
+def _stats_dtype(z: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation for bf16 / fp16, else z's own precision (fp64 stays fp64)."""
+    return torch.promote_types(z.dtype, torch.float32)
+
+
+def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) spatial mean and biased variance of ``z``, in ``_stats_dtype``, from one read of ``z``."""
+    n, c, h, w = z.shape
+    if z.dtype in (torch.float32, torch.float64):
+        # norm kernels' own moments (torch.var_mean is several times slower on the CPU): GroupNorm with one
+        # channel a group where z is contiguous (its normalised output is dropped), else (channels_last)
+        # BatchNorm's per sample, where the channels are innermost
+        if z.is_contiguous():
+            _, mean, rstd = torch.native_group_norm(z, None, None, n, c, h * w, c, 0.)
+            return mean, rstd.pow(-2)
+        stats = [torch.batch_norm_update_stats(z[i:i + 1], None, None, 0.) for i in range(n)]
+        return torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])
+    # bf16 / fp16: the kernels above would round their results to z's dtype. E[z^2] - E[z]^2 accumulated in
+    # fp32 loses about R^2 2^-24 of the variance for a channel whose mean is R times its spread, less than
+    # the rounding of z itself puts there (about R^2 2^-18 for bf16, R^2 2^-22 for fp16).
+    dtype = _stats_dtype(z)
+    mean = z.mean(dim=(2, 3), dtype=dtype)
+    square = torch.linalg.vector_norm(z, 2, dim=(2, 3), dtype=dtype).square_() / (h * w)
+    return mean, (square - mean.square()).clamp_min_(0.)
+
+
+class _BatchMoments(torch.autograd.Function):
+    """``z`` -> (m, mu, var): per-(n, c) spatial means, per-channel batch mean and biased variance.
+
+    Backward: ``dz = dm / HW + dmu / M + dvar 2 (z - mu) / M``, one pass ``c1 z + c0``.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m, v = _moments(z)
+        mu = m.mean(0)
+        # Chan et al.: the within-sample variances plus the variance of the sample means
+        var = v.mean(0) + (m - mu).square().mean(0)
+        ctx.save_for_backward(z, mu)
+        return m, mu, var
+
+    @staticmethod
+    def backward(ctx, dm: torch.Tensor, dmu: torch.Tensor, dvar: torch.Tensor) -> torch.Tensor:
+        z, mu = ctx.saved_tensors
+        n, _, h, w = z.shape
+        c1 = dvar * (2. / (n * h * w))
+        c0 = dm / (h * w) + (dmu / (n * h * w) - c1 * mu)
+        return _affine(z, c1[:, None, None], c0[:, :, None, None], z.dtype)
+
+
+def _affine(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``z a + b`` (a, b broadcast per channel or per (n, c)) in one pass, in a's precision, stored as ``dtype``."""
+    if torch.promote_types(z.dtype, a.dtype) == dtype:
+        return torch.addcmul(b, z, a)
+    return torch.addcmul(b, z, a, out=torch.empty_like(z, dtype=dtype))
+
+
+def _add_act_(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``relu(out + shortcut)`` in place; one pass where the CPU has the fused kernel (fp32 / fp64, no autograd)."""
+    differentiable = torch.is_grad_enabled() and (out.requires_grad or shortcut.requires_grad)
+    if (out.device.type == 'cpu' and out.dtype in (torch.float32, torch.float64) and not differentiable
+            and not torch.compiler.is_compiling()):
+        return torch.ops.aten._add_relu_(out, shortcut)
+    return out.add_(shortcut).relu_()
+
+
+def _gate(s: torch.Tensor, residual: bool, keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """G (N, C): ``1 + s`` (residual) or ``s``, times the drop_path scale per sample (``keep``, or None)."""
+    gate = s.reshape(s.shape[0], -1)
+    if residual:
+        gate = gate + 1.
+    return gate if keep is None else gate * keep.reshape(-1, 1)
+
+
+def _gated_norm(
+        z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor, beta: torch.Tensor,
+        gate: torch.Tensor, dtype: torch.dtype,
+) -> torch.Tensor:
+    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype``.
+
+    Where z is contiguous, an eval-mode BatchNorm over (1, N*C, H, W) with per-(n, c) weight ``gamma G`` and
+    bias ``beta G``: centred as BatchNorm computes it, and on the CPU faster than a broadcast multiply-add. Else
+    (channels_last) ``z a + b``, which rounds like BatchNorm folded into a preceding conv.
+    """
+    n, c, h, w = z.shape
+    if z.is_contiguous() and dtype == z.dtype:
+        return torch.batch_norm(
+            z.view(1, n * c, h, w), (gamma * gate).reshape(-1), (beta * gate).reshape(-1), mu.repeat(n), var.repeat(n),
+            False, 0., eps, False).view_as(z)
+    scale = gamma * torch.rsqrt(var + eps)
+    return _affine(z, (scale * gate)[:, :, None, None], ((beta - mu * scale) * gate)[:, :, None, None], dtype)
+
+
+class _GatedNormAct(torch.autograd.Function):
+    """``relu(G (gamma (z - mu) r + beta) + shortcut)``, keeping ``z`` and the output only (module docstring).
+
+    ``G = (1 + s) keep`` (residual) or ``s keep``, keep the drop_path scale per sample (or None).
+    """
+
+    @staticmethod
+    def forward(
+            ctx, z: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
+            var: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool, eps: float,
+    ) -> torch.Tensor:
+        gate = _gate(s, residual, keep)
+        gated = _gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype))
+        out = _add_act_(gated, shortcut)
+        ctx.save_for_backward(z, out, s, keep, gamma, beta, mu, var)
+        ctx.residual, ctx.eps = residual, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        z, out, s, keep, gamma, beta, mu, var = ctx.saved_tensors
+        r = torch.rsqrt(var + ctx.eps)
+        n, c, h, w = z.shape
+        gate = _gate(s, ctx.residual, keep)
+        g = torch.ops.aten.threshold_backward(dout, out, 0)
+        gamma_gate = (gamma * gate).to(r.dtype)
+        if z.is_contiguous() and g.is_contiguous():
+            # one eval-mode BatchNorm backward over (1, N*C, H, W): g gamma G r, sum g (z - mu) r, sum g
+            dz, b_sum, a_sum = torch.ops.aten.native_batch_norm_backward(
+                g.view(1, n * c, h, w), z.view(1, n * c, h, w), gamma_gate.flatten(), mu.repeat(n), var.repeat(n),
+                None, None, False, ctx.eps, [True, True, True])
+            dz = dz.view_as(z)
+            a_sum, b_sum = a_sum.view(n, c), b_sum.view(n, c)
+        else:  # channels_last: the same per sample, then g gamma G r in one pass
+            a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps)
+            dz = torch.mul(g, (gamma_gate * r)[:, :, None, None], out=torch.empty_like(g))
+        d_gate = gamma * b_sum + beta * a_sum  # d out / d G = x = gamma xhat + beta
+        d_s = d_gate if keep is None else d_gate * keep.reshape(-1, 1)
+        d_gamma = (gate * b_sum).sum(0)
+        d_beta = (gate * a_sum).sum(0)
+        d_mu = -gamma * r * d_beta
+        # d out / d r = gamma G (z - mu); d r / d var = -r^3 / 2
+        d_var = -0.5 * r * r * gamma * d_gamma
+        return dz, d_s.to(s.dtype).reshape(s.shape), d_gamma, d_beta, d_mu, d_var, g, None, None, None
+
+
+def _per_sample_sums(
+        g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum_hw g, sum_hw g (z - mu) r), each (N, C), one eval-mode BatchNorm backward per sample."""
+    sums = [
+        torch.ops.aten.native_batch_norm_backward(
+            g[i:i + 1], z[i:i + 1], None, mu, var, None, None, False, eps, [False, True, True])[1:]
+        for i in range(z.shape[0])]
+    return torch.stack([s[1] for s in sums]), torch.stack([s[0] for s in sums])
+
+
+def _norm_affine(norm: _BatchNorm, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    if norm.weight is not None:
+        return norm.weight, norm.bias
+    ones = torch.ones(norm.num_features, dtype=like.dtype, device=like.device)
+    return ones, torch.zeros_like(ones)
+
+
+def _momentum(norm: _BatchNorm) -> float:
+    """The running statistics' update factor of this step, as ``_BatchNorm.forward`` computes it."""
+    if norm.num_batches_tracked is None:
+        return 0. if norm.momentum is None else norm.momentum
+    norm.num_batches_tracked.add_(1)
+    return 1. / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+
+
+def _drop_path_keep(drop_path: Optional[nn.Module], z: torch.Tensor) -> Optional[torch.Tensor]:
+    """timm's ``drop_path`` per-sample scale (N, 1, 1, 1), drawn as ``timm.layers.drop_path`` draws it."""
+    if not isinstance(drop_path, DropPath) or not drop_path.training or drop_path.drop_prob == 0.:
+        return None
+    keep_prob = 1. - drop_path.drop_prob
+    keep = z.new_empty((z.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
+    if keep_prob > 0. and drop_path.scale_by_keep:
+        keep.div_(keep_prob)
+    return keep
+
+
+def gated_tail(
+        z: torch.Tensor, norm: nn.Module, gate: Gate, shortcut: torch.Tensor,
+        drop_path: Optional[nn.Module] = None,
+) -> torch.Tensor:
+    """``relu(G x [* drop_path] + shortcut)``, ``x = norm(z)`` with batch statistics, G the gate of ``mean_hw(x)``.
+
+    Exact (values, gradients, running statistics) against the modules it stands in for, in training; keeps
+    ``z`` and the output only. ``fused_tail`` says where it applies.
+    """
+    if not isinstance(norm, _BatchNorm):
+        raise TypeError(f'gated_tail takes a BatchNorm, got {type(norm).__name__}')
+    count = z.numel() // z.shape[1]
+    if count == 1:  # as nn.BatchNorm2d says it
+        raise ValueError(f'Expected more than 1 value per channel when training, got input size {z.size()}')
+    m, mu, var = _BatchMoments.apply(z)
+    running_mean, running_var = norm.running_mean, norm.running_var
+    if norm.track_running_stats and running_mean is not None and running_var is not None:
+        factor = _momentum(norm)
+        with torch.no_grad():
+            running_mean.lerp_(mu.detach().to(running_mean.dtype), factor)
+            running_var.lerp_((var.detach() * (count / (count - 1))).to(running_var.dtype), factor)
+    gamma, beta = _norm_affine(norm, z)
+    squeeze = (m - mu) * (gamma * torch.rsqrt(var + norm.eps)) + beta
+    s = gate.excitation(squeeze.to(z.dtype))
+    keep = _drop_path_keep(drop_path, z)
+    return _GatedNormAct.apply(z, s, gamma, beta, mu, var, shortcut, keep, gate.residual, norm.eps)
+
+
+def folded_eval_tail(
+        z: torch.Tensor, norm: nn.Module, gate: Gate, shortcut: torch.Tensor,
+        squeeze: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Eval: ``relu(G x + shortcut)`` with the gate folded into BatchNorm's running affine, one pass over ``z``.
+
+    ``squeeze``: ``mean_hw(x)`` where the caller has it (the Bottleneck's narrow squeeze), else taken from
+    ``mean_hw(z)``.
+    """
+    if not isinstance(norm, _BatchNorm) or norm.running_mean is None or norm.running_var is None:
+        raise TypeError('folded_eval_tail takes a BatchNorm with running statistics')
+    gamma, beta = _norm_affine(norm, z)
+    mean, var = norm.running_mean, norm.running_var
+    r = torch.rsqrt(var + norm.eps)
+    if squeeze is None:
+        squeeze = (z.mean((2, 3), dtype=_stats_dtype(z)) - mean) * (gamma * r) + beta
+    s = gate.excitation(squeeze.to(z.dtype))
+    gated = _gated_norm(z, mean, var, norm.eps, gamma, beta, _gate(s, gate.residual, None),
+                        torch.promote_types(z.dtype, s.dtype))
+    return _add_act_(gated, shortcut)
+
+
+def _se_excitation(se: SEModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    def excitation(squeeze: torch.Tensor) -> torch.Tensor:
+        return se.gate(se.fc2(se.act(se.bn(se.fc1(squeeze[:, :, None, None]))))).flatten(1)
+    return excitation
+
+
+def _ese_excitation(ese: EffectiveSEModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    def excitation(squeeze: torch.Tensor) -> torch.Tensor:
+        return ese.gate(ese.fc(squeeze[:, :, None, None])).flatten(1)
+    return excitation
+
+
+def _eca_excitation(eca: EcaModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    def excitation(squeeze: torch.Tensor) -> torch.Tensor:
+        y = eca.conv(squeeze[:, None, :])
+        if eca.conv2 is not None:
+            y = eca.conv2(eca.act(y))
+        return eca.gate(y).flatten(1)
+    return excitation
+
+
+def gate_of(gate_module: Optional[nn.Module]) -> Optional[Gate]:
+    """The gate of an attention module that gates by its input's channel means, or None where it has none.
+
+    SaE; timm's ``SEModule`` and ``EffectiveSEModule`` (without ``add_maxpool``, which also reads the channel
+    maxima) and ``EcaModule``, each computed from the squeeze exactly as their ``forward`` does.
+    """
+    if _exactly(gate_module, SqueezeAggregatedExcitation):
+        return Gate(gate_module.excitation, gate_module.residual)
+    if _exactly(gate_module, SEModule) and not gate_module.add_maxpool:
+        return Gate(_se_excitation(gate_module), False)
+    if _exactly(gate_module, EffectiveSEModule) and not gate_module.add_maxpool:
+        return Gate(_ese_excitation(gate_module), False)
+    if _exactly(gate_module, EcaModule):
+        return Gate(_eca_excitation(gate_module), False)
+    return None
+
+
+def _exactly(module: Optional[nn.Module], cls: Type[ModuleT]) -> TypeGuard[ModuleT]:
+    """``module`` is of class ``cls`` itself: a subclass may compute its gate otherwise."""
+    return type(module) is cls
+
+
+_HOOKS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')
+_GLOBAL_HOOKS = (
+    '_global_forward_hooks', '_global_forward_pre_hooks', '_global_backward_hooks', '_global_backward_pre_hooks')
+
+
+def unobserved(*modules: Optional[nn.Module]) -> bool:
+    """True when no hook (on these modules, or global) expects to see them run."""
+    if any(getattr(nn_module, name, None) for name in _GLOBAL_HOOKS):
+        return False
+    return not any(m is not None and any(getattr(m, name, None) for name in _HOOKS) for m in modules)
+
+
+def _tracing() -> bool:
+    """TorchScript, torch.fx (torchvision's and timm's feature extractors) or a compiler records the forward."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def _batch_norm_alone(norm: nn.Module) -> bool:
+    """``nn.BatchNorm2d``, or a ``SyncBatchNorm`` that would not sync (one process)."""
+    if type(norm) is nn.BatchNorm2d:
+        return True
+    if type(norm) is not nn.SyncBatchNorm:
+        return False
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(norm.process_group) == 1
+    return True
+
+
+def fused_tail(
+        norm: nn.Module, gate_module: nn.Module, act: nn.Module, drop_path: Optional[nn.Module], training: bool,
+        compiled: bool = True,
+) -> bool:
+    """Whether ``gated_tail`` (training) stands in exactly for timm's tail here (module docstring).
+
+    ``compiled``: whether it also runs under torch.compile (traced into the graph with its backward), where
+    timm's form is otherwise left to Inductor.
+    """
+    if not training or not norm.training or _tracing() or (torch.compiler.is_compiling() and not compiled):
+        return False
+    if type(act) is not nn.ReLU or not _batch_norm_alone(norm):
+        return False
+    if drop_path is not None and type(drop_path) is not DropPath:
+        return False
+    return unobserved(norm, gate_module, act, drop_path)
+
+
+def folded_eval(norm: nn.Module, gate_module: nn.Module, act: nn.Module, drop_path: Optional[nn.Module]) -> bool:
+    """Whether ``folded_eval_tail`` stands in for timm's tail here: eval-mode BatchNorm, eager, unobserved."""
+    if norm.training or type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or norm.running_mean is None:
+        return False
+    if type(act) is not nn.ReLU or _tracing() or torch.compiler.is_compiling():
+        return False
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob:
+        return False
+    return unobserved(norm, gate_module, act, drop_path)
