@@ -7,9 +7,10 @@ transient buffers on top; these bytes are what a deeper batch multiplies.
 """
 import gc
 import warnings
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = ['kept_activation_bytes']
 
@@ -17,6 +18,15 @@ __all__ = ['kept_activation_bytes']
 def _key(t: torch.Tensor) -> Tuple[int, int]:
     storage = t.untyped_storage()
     return storage.data_ptr(), storage.nbytes()
+
+
+def _live_tensors() -> List[torch.Tensor]:
+    """The tensors alive in Python that own memory (not the fake tensors a compiler may leave behind)."""
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() on every object touches deprecated module attributes
+        warnings.simplefilter('ignore')
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and not isinstance(o, FakeTensor)]
+    return [t for t in tensors if t.device.type != 'meta']
 
 
 def kept_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -28,19 +38,12 @@ def kept_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
         kept[_key(t)] = t.untyped_storage().nbytes()
         return t
 
-    gc.collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        before = {_key(o) for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+    before = {_key(t) for t in _live_tensors()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)
-    gc.collect()
-    with warnings.catch_warnings():  # isinstance() on every object touches deprecated module attributes
-        warnings.simplefilter('ignore')
-        alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o is not out and o is not x]
-    for o in alive:
-        key = _key(o)
-        if key not in before and key[1] > 0:
-            kept[key] = o.untyped_storage().nbytes()
+    for t in _live_tensors():
+        key = _key(t)
+        if t is not out and t is not x and key not in before and key[1] > 0:
+            kept[key] = key[1]
     del out
     return sum(size for key, size in kept.items() if key not in owned)

@@ -41,15 +41,15 @@ def test_report_structure(quick_report):
     settings = report['settings']
     assert (settings['device'], settings['precision'], settings['rounds']) == ('cpu', 'fp32', 2)
     assert "backend='aot_eager'" in settings['compile']
-    assert set(report['models']) == {'saeresnet18', 'seresnet18', 'resnet18'}
+    assert set(report['models']) == {'saeresnet18', 'seresnet18', 'resnet18'}  # the timm-tail entry is saeresnet18
     assert all(m['params_m'] > 11 and m['gmacs'] > 0 for m in report['models'].values())
 
     eager, compiled = report['results']
     for result, backend in ((eager, 'eager'), (compiled, 'compile (aot_eager)')):
         assert (result['pair'], result['mode'], result['backend']) == ('resnet18', 'infer-nchw', backend)
-        assert result['references'] == ['seresnet18', 'resnet18']
+        assert result['references'] == ['saeresnet18 (timm tail)', 'seresnet18', 'resnet18']
         times = {m['label']: m['round_times_s'] for m in result['models']}
-        assert list(times) == ['saeresnet18', 'seresnet18', 'resnet18']
+        assert list(times) == ['saeresnet18', 'saeresnet18 (timm tail)', 'seresnet18', 'resnet18']
         for m in result['models']:
             assert len(m['round_times_s']) == settings['rounds']
             assert m['images_per_s'] == pytest.approx(result['batch_size'] / statistics.median(m['round_times_s']))
@@ -58,12 +58,13 @@ def test_report_structure(quick_report):
                 assert ratio['median'] == pytest.approx(statistics.median(per_round))
                 assert min(per_round) <= ratio['q1'] <= ratio['median'] <= ratio['q3'] <= max(per_round)
         sae = result['models'][0]
-        assert set(sae['throughput_ratio']) == {'seresnet18', 'resnet18'}
-        assert 'seresnet18' not in result['models'][1]['throughput_ratio']
+        assert set(sae['throughput_ratio']) == {'saeresnet18 (timm tail)', 'seresnet18', 'resnet18'}
+        assert 'seresnet18' not in result['models'][2]['throughput_ratio']
 
     for m in eager['models']:
         assert m['peak_memory_mib'] > 0 and 'compile' not in m
-    assert set(eager['models'][0]['memory_ratio']) == {'seresnet18', 'resnet18'}
+    assert set(eager['models'][0]['memory_ratio']) == {'saeresnet18 (timm tail)', 'seresnet18', 'resnet18'}
+    assert all(m['kept_activation_mib'] is None for m in eager['models'])  # kept memory: training modes only
     for m in compiled['models']:
         # no memory for compiled models on the CPU (a subprocess would compile again)
         assert m['peak_memory_mib'] is None and m['memory_ratio'] == {}
