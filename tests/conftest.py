@@ -8,6 +8,7 @@ from typing import Any, Callable, Container, Dict, Iterable, Iterator, List
 import numpy as np
 import pytest
 import torch
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -55,6 +56,34 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.running_mean.uniform_(-0.5, 0.5, generator=generator)
                 module.running_var.uniform_(0.5, 2., generator=generator)
     return model.eval()
+
+
+def random_float64_(module: nn.Module, seed: int) -> nn.Module:
+    """Seeded random parameters, BatchNorm statistics and affine maps, in float64.
+
+    The last norm of each block (the one timm zero-initialises) gets weights in [0.1, 0.3], as in
+    ``conftest.randomise_batchnorm``: with weights near 1 the residual stream of a deep model grows until its
+    gates saturate, and rounding alone then moves their gradients by more than the tolerance.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    module = module.to(torch.float64)  # on the meta device this allocates nothing
+    last_norms = {f'{name}.{"bn3" if hasattr(block, "bn3") else "bn2"}.weight'.lstrip('.')
+                  for name, block in module.named_modules() if isinstance(block, (BasicBlock, Bottleneck))}
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if name.endswith('running_var'):
+                tensor.uniform_(0.5, 2., generator=generator)
+            elif name.endswith('num_batches_tracked'):
+                tensor.zero_()
+            elif tensor.dim() > 1:
+                tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
+            elif name in last_norms:
+                tensor.uniform_(0.1, 0.3, generator=generator)
+            else:
+                tensor.uniform_(-0.5, 0.5, generator=generator)
+                if name.endswith('weight'):
+                    tensor.add_(1.)
+    return module
 
 
 @pytest.fixture(scope='module')

@@ -19,12 +19,11 @@ import pytest
 import timm
 import torch
 from timm.models import create_feature_extractor as timm_feature_extractor
-from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor as tv_feature_extractor
 
 import timm_sae.blocks
-from conftest import F64_REL, fast_or_slow, randomise_batchnorm
+from conftest import F64_REL, fast_or_slow, random_float64_, randomise_batchnorm
 from timm_sae import SaEBottleneck, fuse_batchnorm, set_fast_tail
 
 FAMILY = timm.list_models('sae*')
@@ -68,34 +67,6 @@ def se_form(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable], object]:
     return run
 
 
-def _random_(module: nn.Module, seed: int) -> nn.Module:
-    """Seeded random parameters, BatchNorm statistics and affine maps, in float64.
-
-    The last norm of each block (the one timm zero-initialises) gets weights in [0.1, 0.3], as in
-    ``conftest.randomise_batchnorm``: with weights near 1 the residual stream of a deep model grows until its
-    gates saturate, and rounding alone then moves their gradients by more than the tolerance.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    module = module.to(torch.float64)  # on the meta device this allocates nothing
-    last_norms = {f'{name}.{"bn3" if hasattr(block, "bn3") else "bn2"}.weight'.lstrip('.')
-                  for name, block in module.named_modules() if isinstance(block, (BasicBlock, Bottleneck))}
-    with torch.no_grad():
-        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-            if name.endswith('running_var'):
-                tensor.uniform_(0.5, 2., generator=generator)
-            elif name.endswith('num_batches_tracked'):
-                tensor.zero_()
-            elif tensor.dim() > 1:
-                tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
-            elif name in last_norms:
-                tensor.uniform_(0.1, 0.3, generator=generator)
-            else:
-                tensor.uniform_(-0.5, 0.5, generator=generator)
-                if name.endswith('weight'):
-                    tensor.add_(1.)
-    return module
-
-
 def _outputs_and_grads(fn: Callable[[], torch.Tensor], module: nn.Module, inputs: torch.Tensor):
     module.zero_grad(set_to_none=True)
     inputs.grad = None
@@ -128,21 +99,21 @@ def test_blocks_match_se_form(name: str, narrow_calls, se_form):
     """Eval-mode block outputs and the gradients of every parameter and of the input."""
     meta_model = timm.create_model(name, device='meta')
     for seed, meta_block in enumerate(_checked_blocks(meta_model)):
-        block = _random_(copy.deepcopy(meta_block).to(torch.float64).to_empty(device='cpu'), seed).eval()
+        block = random_float64_(copy.deepcopy(meta_block).to(torch.float64).to_empty(device='cpu'), seed).eval()
         generator = torch.Generator().manual_seed(1)
         x = torch.randn(2, block.conv1.in_channels, 4, 4, generator=generator, dtype=torch.float64)
         _check_against_se_form(block, x.requires_grad_(), se_form, F64_REL)
     if isinstance(meta_model.layer1[0], SaEBottleneck):
         assert narrow_calls and all(narrow_calls), 'the narrow form never ran'
     else:
-        assert not narrow_calls  # BasicBlock: timm's own, SE form
+        assert not any(narrow_calls)  # BasicBlock: its 3x3 conv2 takes the SE form's squeeze
 
 
 @pytest.mark.parametrize('name', fast_or_slow(WHOLE_MODELS, FAST_WHOLE_MODELS))
 def test_models_match_se_form(name: str, narrow_calls, se_form):
     """Eval-mode logits and all gradients (float64), channels_last and fuse_batchnorm (float32)."""
     torch.manual_seed(0)
-    model = _random_(timm.create_model(name, num_classes=5), seed=0).eval()
+    model = random_float64_(timm.create_model(name, num_classes=5), seed=0).eval()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
     _check_against_se_form(model, x, se_form, F64_REL)
     torch.manual_seed(0)

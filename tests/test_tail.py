@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from conftest import F64_REL, assert_equal_records, fast_or_slow, train_steps
+from conftest import F64_REL, assert_equal_records, fast_or_slow, random_float64_, train_steps
 from timm_sae import SqueezeAggregatedExcitation
 from timm_sae._testing import relative_error
 from timm_sae.blocks import SaEBasicBlock, SaEBottleneck, set_fast_tail
@@ -41,20 +41,7 @@ def _block(arch: str, path: str, variant: str, seed: int = 0) -> nn.Module:
     """A float64 train-mode block with seeded random parameters and BatchNorm statistics."""
     kwargs = {'sae_residual': False} if variant == 'plain-gate' else {}
     block = copy.deepcopy(timm.create_model(arch, device='meta', **kwargs).get_submodule(path))
-    block = block.to(torch.float64).to_empty(device='cpu')
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
-            if name.endswith('running_var'):
-                tensor.uniform_(0.5, 2., generator=generator)
-            elif name.endswith('num_batches_tracked'):
-                tensor.zero_()
-            elif tensor.dim() > 1:
-                tensor.normal_(0., (2. / tensor[0].numel()) ** 0.5, generator=generator)
-            else:
-                tensor.uniform_(-0.5, 0.5, generator=generator)
-                if name.endswith('weight'):
-                    tensor.add_(1.)
+    block = random_float64_(block.to_empty(device='cpu'), seed)
     last_norm = block.bn3 if isinstance(block, SaEBottleneck) else block.bn2
     if variant == 'momentum-none':
         for module in block.modules():

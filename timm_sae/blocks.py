@@ -42,7 +42,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .tail import Gate, folded_eval, folded_eval_tail, fused_tail, gate_of, gated_tail
+from .tail import folded_eval, folded_eval_tail, fused_tail, gate_of, gated_tail
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -66,9 +66,26 @@ def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optiona
     return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
 
 
-def _gate(block: Union['GatedBottleneck', 'GatedBasicBlock']) -> Optional[Gate]:
-    """The block's gate for the fast tails, or None (timm's own tail then)."""
-    return gate_of(block.se) if block.fast_tail else None
+def _fast_forms(
+        block: Union['GatedBottleneck', 'GatedBasicBlock'], conv: nn.Module, norm: nn.Module, act: nn.Module,
+        x: torch.Tensor, shortcut: torch.Tensor,
+) -> Optional[torch.Tensor]:
+    """The block's output by an exact fast form, from its last conv's input ``x``: the training tail, or in eval
+    the gate folded into BatchNorm (with the narrow squeeze where the conv is pointwise); None where timm's tail
+    runs (module docstring)."""
+    gate = gate_of(block.se) if block.fast_tail else None
+    if gate is None:
+        return None
+    training = fused_tail(norm, block.se, act, block.drop_path, block.training, block.compiled_tail)
+    if not training and not folded_eval(norm, block.se, act, block.drop_path):
+        return None
+    squeeze = None if training else narrow_squeeze(conv, norm, x)
+    z = conv(x)
+    if block.downsample is not None:
+        shortcut = block.downsample(shortcut)
+    if training:
+        return gated_tail(z, norm, gate, shortcut, block.drop_path)
+    return folded_eval_tail(z, norm, gate, shortcut, squeeze)
 
 
 class GatedBottleneck(Bottleneck):
@@ -92,19 +109,9 @@ class GatedBottleneck(Bottleneck):
         x = self.act2(x)
         x = self.aa(x)
         if not torch.jit.is_scripting():
-            gate = _gate(self)
-            if gate is not None and fused_tail(
-                    self.bn3, self.se, self.act3, self.drop_path, self.training, self.compiled_tail):
-                z = self.conv3(x)
-                if self.downsample is not None:
-                    shortcut = self.downsample(shortcut)
-                return gated_tail(z, self.bn3, gate, shortcut, self.drop_path)
-            if gate is not None and folded_eval(self.bn3, self.se, self.act3, self.drop_path):
-                squeeze = narrow_squeeze(self.conv3, self.bn3, x)
-                z = self.conv3(x)
-                if self.downsample is not None:
-                    shortcut = self.downsample(shortcut)
-                return folded_eval_tail(z, self.bn3, gate, shortcut, squeeze)
+            out = _fast_forms(self, self.conv3, self.bn3, self.act3, x, shortcut)
+            if out is not None:
+                return out
         y = x
         x = self.conv3(x)
         x = self.bn3(x)
@@ -145,18 +152,11 @@ class GatedBasicBlock(BasicBlock):
         x = self.drop_block(x)
         x = self.act1(x)
         x = self.aa(x)
-        x = self.conv2(x)
         if not torch.jit.is_scripting():
-            gate = _gate(self)
-            if gate is not None and fused_tail(
-                    self.bn2, self.se, self.act2, self.drop_path, self.training, self.compiled_tail):
-                if self.downsample is not None:
-                    shortcut = self.downsample(shortcut)
-                return gated_tail(x, self.bn2, gate, shortcut, self.drop_path)
-            if gate is not None and folded_eval(self.bn2, self.se, self.act2, self.drop_path):
-                if self.downsample is not None:
-                    shortcut = self.downsample(shortcut)
-                return folded_eval_tail(x, self.bn2, gate, shortcut)
+            out = _fast_forms(self, self.conv2, self.bn2, self.act2, x, shortcut)
+            if out is not None:
+                return out
+        x = self.conv2(x)
         x = self.bn2(x)
         if self.se is not None:
             x = self.se(x)
