@@ -10,9 +10,10 @@ import warnings
 from typing import Dict, List, Tuple
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = ['kept_activation_bytes']
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _key(t: torch.Tensor) -> Tuple[int, int]:
@@ -21,11 +22,15 @@ def _key(t: torch.Tensor) -> Tuple[int, int]:
 
 
 def _live_tensors() -> List[torch.Tensor]:
-    """The tensors alive in Python that own memory (not the fake tensors a compiler may leave behind)."""
+    """The plain tensors and parameters alive in Python that own memory.
+
+    Tensor subclasses and functional tensors are left out: the fake and functional wrappers a compiler may
+    leave behind hold no memory of their own (and raise on ``data_ptr()``).
+    """
     gc.collect()
     with warnings.catch_warnings():  # isinstance() on every object touches deprecated module attributes
         warnings.simplefilter('ignore')
-        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and not isinstance(o, FakeTensor)]
+        tensors = [o for o in gc.get_objects() if type(o) in _PLAIN_TENSOR_TYPES and not torch._is_functional_tensor(o)]
     return [t for t in tensors if t.device.type != 'meta']
 
 

@@ -8,8 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
 from benchmarks.common import RESULTS_DIR, doc_section
+from benchmarks.kept_memory import kept_activation_bytes
 from benchmarks.passes import count_block, kept_mib, markdown
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +36,20 @@ def test_passes_within_resnet50s_budget(model: str, block: str):
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 def test_kept_memory_within_one_percent_of_the_plain_twin(model: str, plain: str, channels_last: bool):
     assert kept_mib(model, channels_last) <= 1.01 * kept_mib(plain, channels_last)
+
+
+def test_kept_memory_ignores_the_wrappers_a_compiler_leaves_alive():
+    """Fake and functional tensors (left alive by torch.compile) own no memory and must not break the count."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    x = torch.randn(1, 3, 8, 8)
+    expected = kept_activation_bytes(model, x)
+    with FakeTensorMode():
+        fake = torch.empty(3)
+    with FunctionalTensorMode():
+        functional = FunctionalTensor.to_functional(fake)
+    # the input (saved by the convolution) and the ReLU's output (saved by its backward), float32
+    assert kept_activation_bytes(model, x) == expected == 4 * (3 * 8 * 8 + 4 * 6 * 6)
+    del functional
 
 
 def test_doc_passes_section_is_generated_from_its_json():
