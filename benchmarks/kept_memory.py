@@ -41,7 +41,9 @@ def kept_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         kept[_key(t)] = t.untyped_storage().nbytes()
-        return t
+        # a detached alias keeps the storage alive (so its address is not reused within the forward) without
+        # the reference cycle that saving an operation's own output creates, which would leak the model
+        return t.detach()
 
     before = {_key(t) for t in _live_tensors()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

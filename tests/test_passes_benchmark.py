@@ -4,7 +4,9 @@ Counts do not depend on the machine, so the targets of the exact tail are checke
 training (forward + backward) within resnet50's passes + 4 reads / + 2 writes, eval no more than resnet50's;
 the activation memory a training forward keeps within 1% of the plain twin's (slow: whole models).
 """
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,16 @@ def test_kept_memory_ignores_the_wrappers_a_compiler_leaves_alive():
     # the input (saved by the convolution) and the ReLU's output (saved by its backward), float32
     assert kept_activation_bytes(model, x) == expected == 4 * (3 * 8 * 8 + 4 * 6 * 6)
     del functional
+
+
+def test_kept_memory_frees_the_model():
+    """Counting must not keep the model and its graph alive (a benchmark counts many models in one process)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())  # ReLU saves its own output
+    kept_activation_bytes(model, torch.randn(1, 3, 8, 8))
+    weight = weakref.ref(model[0].weight)
+    del model
+    gc.collect()
+    assert weight() is None
 
 
 def test_doc_passes_section_is_generated_from_its_json():
