@@ -61,14 +61,21 @@ def time_interleaved(
         warmup: int = 1,
         sync: Callable[[], None] = lambda: None,
 ) -> Dict[str, List[float]]:
-    """Seconds per call of each step, timed A B C, A B C, ... for ``rounds`` rounds after warm-up."""
+    """Seconds per call of each step for ``rounds`` rounds after warm-up, the order rotated each round.
+
+    A B C, B C A, C A B, ...: no step always follows the same other one, so what one step leaves behind
+    (the allocator's free lists, the caches) does not bias the same neighbour in every round.
+    """
     for _ in range(warmup):
         for step in steps.values():
             step()
     sync()
     times: Dict[str, List[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            step = steps[name]
             start = time.perf_counter()
             step()
             sync()
