@@ -369,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--compile', nargs='*', choices=list(PAIRS), metavar='PAIR',
         help='also time torch.compile for these pairs (every selected pair when none is named), after the eager modes')
+    parser.add_argument('--compiled-only', action='store_true', help='with --compile: time the compiled modes only')
     parser.add_argument(
         '--compile-backend', choices=COMPILE_BACKENDS, default='inductor',
         help='torch.compile backend (default inductor; aot_eager compiles fast and generates no code, for tests)')
@@ -401,12 +402,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.device.startswith('cuda'):
         torch.backends.cudnn.benchmark = True
     compile_pairs = [] if args.compile is None else (args.compile or args.pairs)
+    if args.compiled_only and not compile_pairs:
+        raise SystemExit('--compiled-only times the compiled modes: name them with --compile')
+    backends = [args.compile_backend] if args.compiled_only else ['eager', args.compile_backend]
 
     versions, hardware = environment(args.device)
     input_size = (3, args.img_size, args.img_size)
     # eager first: the compiled modes, slow to compile, come last
     planned = [
-        (pair, mode, backend) for backend in ('eager', args.compile_backend) for pair in args.pairs
+        (pair, mode, backend) for backend in backends for pair in args.pairs
         for mode in args.modes if MODES[mode][0] in PAIRS[pair].tasks and (backend == 'eager' or pair in compile_pairs)]
     cuda = args.device.startswith('cuda')
     names = dict.fromkeys(e.model for p in args.pairs for e in PAIRS[p].entries)
@@ -421,7 +425,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             'batch_size': args.batch_size, 'train_batch_size': args.train_batch_size,
             'rounds': args.rounds, 'warmup': args.warmup, 'train_step': TRAIN_STEP,
             'cudnn_benchmark': torch.backends.cudnn.benchmark,
-            'timing': 'seconds per step, models in turn within each round (A B C, A B C, ...)',
+            'timing': (
+                'seconds per step, models in turn within each round, the order rotated each round '
+                '(A B C, B C A, ...)'),
             'kept_memory': (
                 'activation memory one eager training forward keeps for the backward: the unique storages autograd '
                 'saves plus the tensors still alive after the forward, parameters, buffers, input and output '

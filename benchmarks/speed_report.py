@@ -59,8 +59,8 @@ def markdown(report: dict) -> str:
         f"python {ver['python']}, torch {ver['torch']}, timm {ver['timm']}, timm_sae {ver['timm_sae']}.",
         '',
         f"{st['precision']}, {st['img_size']} px, inference batch {st['batch_size']}, training batch "
-        f"{st['train_batch_size']}; {st['rounds']} rounds after {st['warmup']} warm-up, models in turn "
-        f"within each round. Training step: {st['train_step']}.",
+        f"{st['train_batch_size']}; {st['rounds']} rounds after {st['warmup']} warm-up; {st['timing']}. "
+        f"Training step: {st['train_step']}.",
         '',
         'Ratios are throughput ratios (> 1: faster than the reference; memory: < 1 uses less), the median '
         'over rounds of t_ref / t_model, with the quartiles of the per-round ratios in brackets. '
