@@ -229,3 +229,15 @@ def test_profile_table(tmp_path):
 def test_profile_rejects_a_mode_the_pair_lacks():
     with pytest.raises(SystemExit, match='has no train mode'):
         profile_speed.main(['--pair', 'resnet50_bn_folded', '--mode', 'train-cl'])
+
+
+def test_compiled_only_plans_the_compiled_modes_alone(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(speed, 'run_mode', lambda pair, mode, backend, args: ran.append((pair, mode, backend)) or {})
+    monkeypatch.setattr(speed, 'write_tables', lambda paths: paths)
+    out = tmp_path / 'speed_cpu.json'
+    with pytest.raises(SystemExit, match='name them with --compile'):
+        speed.main(['--quick', '--compiled-only', '--out', str(out)])
+    assert speed.main(['--quick', '--compile', '--compiled-only', '--out', str(out)]) == 0
+    assert ran == [('resnet18', 'infer-nchw', 'inductor')]
+    assert json.loads(out.read_text())['planned'] == ['resnet18 infer-nchw compile (inductor)']
