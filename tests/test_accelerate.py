@@ -71,6 +71,40 @@ def test_accelerated_model_trains_and_infers_exactly(label: str, tail_calls: Lis
         assert relative_error(model.eval()(x), reference.eval()(x)) < 1e-9
 
 
+@pytest.mark.parametrize('label', ['seresnext26d_32x4d', 'ecaresnet26t'])
+def test_eval_gate_comes_from_the_narrow_squeeze_where_the_tail_is_observed(label: str, monkeypatch):
+    """A hook on each bn3 keeps the folded tail off; the gate still comes from conv3's narrow input, exactly, and
+    the attention module does not run on the full-width map (as under torch.compile)."""
+    model = _model(label).eval()
+    reference = copy.deepcopy(model)
+    accelerate(model)
+    gate_class = type(model.layer1[0].se)
+    calls = []
+    forward = gate_class.forward
+    monkeypatch.setattr(gate_class, 'forward', lambda self, x: calls.append(1) or forward(self, x))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    outputs = []
+    for m in (model, reference):
+        for block in m.modules():
+            if isinstance(block, Bottleneck):
+                block.bn3.register_forward_hook(lambda mod, args, out: None)
+        with torch.no_grad():
+            outputs.append(m(x))
+    blocks = sum(isinstance(m, Bottleneck) for m in model.modules())
+    assert len(calls) == blocks  # the reference's calls only
+    assert relative_error(outputs[0], outputs[1]) < 1e-9
+
+
+@pytest.mark.slow
+def test_compiled_eval_matches_timms():
+    model = _model('seresnext26d_32x4d').eval()
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(accelerate(model), backend='aot_eager', fullgraph=True)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert relative_error(compiled(x), reference(x)) < 1e-9
+
+
 def test_model_without_gate_comes_back_unchanged():
     model = timm.create_model('resnet50', device='meta')
     cbam = timm.create_model('resnet18', block_args={'attn_layer': 'cbam'}, device='meta')

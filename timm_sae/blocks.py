@@ -42,7 +42,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .tail import folded_eval, folded_eval_tail, fused_tail, gate_of, gated_tail
+from .tail import folded_eval, folded_eval_tail, fused_tail, gate_of, gated_by_squeeze, gated_tail
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -125,7 +125,15 @@ class GatedBottleneck(Bottleneck):
         return x
 
     def _attend(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The attention layer on the norm output ``x`` (``y``: conv3's input), as timm calls it."""
+        """The attention layer on the norm output ``x`` (``y``: conv3's input): in eval, where nothing looks at
+        it, its gate from the narrow squeeze (under torch.compile, or with hooks on the norm or activation);
+        else as timm calls it."""
+        if not torch.jit.is_scripting() and self.fast_tail:
+            squeeze = narrow_squeeze(self.conv3, self.bn3, y)
+            if squeeze is not None:
+                gated = gated_by_squeeze(x, self.se, squeeze)
+                if gated is not None:
+                    return gated
         return self.se(x)
 
 

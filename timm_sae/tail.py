@@ -43,7 +43,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
-__all__ = ['Gate', 'gate_of', 'fused_tail', 'gated_tail', 'folded_eval', 'folded_eval_tail', 'unobserved']
+__all__ = [
+    'Gate', 'gate_of', 'fused_tail', 'gated_tail', 'folded_eval', 'folded_eval_tail', 'gated_by_squeeze', 'unobserved']
 
 
 ModuleT = TypeVar('ModuleT', bound=nn.Module)
@@ -280,6 +281,16 @@ def folded_eval_tail(
     gated = _gated_norm(z, mean, var, norm.eps, gamma, beta, _gate(s, gate.residual, None),
                         torch.promote_types(z.dtype, s.dtype))
     return _add_act_(gated, shortcut)
+
+
+def gated_by_squeeze(x: torch.Tensor, gate_module: nn.Module, squeeze: torch.Tensor) -> Optional[torch.Tensor]:
+    """``G x``, G the gate ``gate_module`` computes from ``squeeze`` = ``mean_hw(x)`` (N, C) given by the caller
+    (the Bottleneck's narrow squeeze); None where the module itself must run (no gate, hooks on it, tracing)."""
+    gate = gate_of(gate_module)
+    if gate is None or _tracing() or not unobserved(gate_module):
+        return None
+    s = gate.excitation(squeeze.to(x.dtype))
+    return x * _gate(s, gate.residual, None).to(x.dtype)[:, :, None, None]
 
 
 def _se_excitation(se: SEModule) -> Callable[[torch.Tensor], torch.Tensor]:
