@@ -18,6 +18,7 @@ from torch import nn
 
 from conftest import assert_equal_records, fast_or_slow, train_steps
 from timm_sae import GatedBasicBlock, GatedBottleneck, accelerate
+from timm_sae import blocks as blocks_module
 from timm_sae._testing import relative_error
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -93,6 +94,27 @@ def test_eval_gate_comes_from_the_narrow_squeeze_where_the_tail_is_observed(labe
     blocks = sum(isinstance(m, Bottleneck) for m in model.modules())
     assert len(calls) == blocks  # the reference's calls only
     assert relative_error(outputs[0], outputs[1]) < 1e-9
+
+
+def test_hooked_attention_costs_no_narrow_squeeze(monkeypatch):
+    """Where a hook on ``.se`` makes the attention module run on the full-width map, the block does not also
+    compute the narrow squeeze it would not use; the output is timm's."""
+    model = _model('seresnext26d_32x4d').eval()
+    reference = copy.deepcopy(model)
+    accelerate(model)
+    squeezes = []
+    narrow_squeeze = blocks_module.narrow_squeeze
+    monkeypatch.setattr(blocks_module, 'narrow_squeeze', lambda *args: squeezes.append(1) or narrow_squeeze(*args))
+    seen = []
+    for m in (model, reference):
+        for block in m.modules():
+            if isinstance(block, Bottleneck):
+                block.se.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert relative_error(model(x), reference(x)) < 1e-9
+    assert not squeezes
+    assert len(seen) == 2 * sum(isinstance(m, Bottleneck) for m in model.modules())
 
 
 @pytest.mark.slow

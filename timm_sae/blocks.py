@@ -42,7 +42,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .tail import folded_eval, folded_eval_tail, fused_tail, gate_of, gated_by_squeeze, gated_tail
+from .tail import folded_eval, folded_eval_tail, fused_tail, gate_of, gated_by_squeeze, gated_tail, squeeze_gate
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -129,11 +129,11 @@ class GatedBottleneck(Bottleneck):
         it, its gate from the narrow squeeze (under torch.compile, or with hooks on the norm or activation);
         else as timm calls it."""
         if not torch.jit.is_scripting() and self.fast_tail:
-            squeeze = narrow_squeeze(self.conv3, self.bn3, y)
-            if squeeze is not None:
-                gated = gated_by_squeeze(x, self.se, squeeze)
-                if gated is not None:
-                    return gated
+            gate = squeeze_gate(self.se)
+            if gate is not None:
+                squeeze = narrow_squeeze(self.conv3, self.bn3, y)
+                if squeeze is not None:
+                    return gated_by_squeeze(x, gate, squeeze)
         return self.se(x)
 
 

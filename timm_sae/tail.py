@@ -44,7 +44,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = [
-    'Gate', 'gate_of', 'fused_tail', 'gated_tail', 'folded_eval', 'folded_eval_tail', 'gated_by_squeeze', 'unobserved']
+    'Gate', 'gate_of', 'fused_tail', 'gated_tail', 'folded_eval', 'folded_eval_tail', 'squeeze_gate',
+    'gated_by_squeeze', 'unobserved']
 
 
 ModuleT = TypeVar('ModuleT', bound=nn.Module)
@@ -283,12 +284,18 @@ def folded_eval_tail(
     return _add_act_(gated, shortcut)
 
 
-def gated_by_squeeze(x: torch.Tensor, gate_module: nn.Module, squeeze: torch.Tensor) -> Optional[torch.Tensor]:
-    """``G x``, G the gate ``gate_module`` computes from ``squeeze`` = ``mean_hw(x)`` (N, C) given by the caller
-    (the Bottleneck's narrow squeeze); None where the module itself must run (no gate, hooks on it, tracing)."""
+def squeeze_gate(gate_module: nn.Module) -> Optional[Gate]:
+    """The gate of ``gate_module`` for a caller that has ``mean_hw(x)`` itself (``gated_by_squeeze``); None where
+    the module must run itself (no such gate, hooks on it, tracing)."""
     gate = gate_of(gate_module)
     if gate is None or _tracing() or not unobserved(gate_module):
         return None
+    return gate
+
+
+def gated_by_squeeze(x: torch.Tensor, gate: Gate, squeeze: torch.Tensor) -> torch.Tensor:
+    """``G x``, G the ``gate`` of ``squeeze`` = ``mean_hw(x)`` (N, C) given by the caller (the Bottleneck's narrow
+    squeeze)."""
     s = gate.excitation(squeeze.to(x.dtype))
     return x * _gate(s, gate.residual, None).to(x.dtype)[:, :, None, None]
 
