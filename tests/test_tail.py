@@ -80,6 +80,41 @@ def test_block_training_equals_timm_tail(kind: str, variant: str, tail_calls: Li
     assert_equal_records(fast, train_steps(reference, x))
 
 
+def _compiled_case(kind: str, memory_format: torch.memory_format) -> Tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A block, its timm-tail copy and an input, in ``memory_format``."""
+    arch, path = BLOCKS[kind]
+    block = _block(arch, path, 'default').to(memory_format=memory_format)
+    reference = copy.deepcopy(block)
+    set_fast_tail(reference, False)
+    x = torch.randn(3, block.conv1.in_channels, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    return block, reference, x.contiguous(memory_format=memory_format)
+
+
+MEMORY_FORMATS = {'nchw': torch.contiguous_format, 'channels-last': torch.channels_last}
+
+
+@pytest.mark.parametrize('layout', MEMORY_FORMATS)
+@pytest.mark.parametrize('kind', ['basic-downsample', 'bottleneck-downsample'])
+def test_compiled_formulas_equal_timm_tail(kind: str, layout: str, tail_calls: List[int], monkeypatch):
+    """The forms the tail takes while torch.compile traces it (plain reductions Inductor fuses, in place of the
+    eager per-sample kernels), run eagerly: 3 training steps equal timm's tail."""
+    block, reference, x = _compiled_case(kind, MEMORY_FORMATS[layout])
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    fast = train_steps(block, x)
+    assert len(tail_calls) == 3
+    assert_equal_records(fast, train_steps(reference, x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('layout', MEMORY_FORMATS)
+def test_compiled_block_training_equals_timm_tail(layout: str):
+    """The tail traced by torch.compile (one graph, its backward included): 3 training steps equal timm's tail."""
+    torch._dynamo.reset()
+    block, reference, x = _compiled_case('bottleneck-downsample', MEMORY_FORMATS[layout])
+    block.compile(backend='aot_eager', fullgraph=True)
+    assert_equal_records(train_steps(block, x), train_steps(reference, x))
+
+
 def _sae_tail_reference(z, norm, sae, shortcut):
     return F.relu(sae(norm(z)) + shortcut)
 
@@ -112,8 +147,11 @@ def test_large_mean_channel_float64():
         assert relative_error(got, want) < F64_REL
 
 
-def test_statistics_as_accurate_as_batchnorm_float32():
-    """fp32 running statistics and outputs as close to the float64 truth as BatchNorm's own, at 250x mean/spread."""
+@pytest.mark.parametrize('compiling', [False, True], ids=['eager', 'compiling'])
+def test_statistics_as_accurate_as_batchnorm_float32(compiling: bool, monkeypatch):
+    """fp32 running statistics and outputs as close to the float64 truth as BatchNorm's own, at 250x mean/spread,
+    eager and in the form torch.compile traces."""
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
     errors = {}
     for name in ('fast', 'batchnorm'):
         torch.manual_seed(0)

@@ -66,6 +66,10 @@ def _stats_dtype(z: torch.Tensor) -> torch.dtype:
 def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) spatial mean and biased variance of ``z``, in ``_stats_dtype``, from one read of ``z``."""
     n, c, h, w = z.shape
+    if torch.compiler.is_compiling():
+        # Inductor: one Welford reduction per (n, c) in either layout, accumulated in fp32 for bf16 / fp16
+        var, mean = torch.var_mean(z.to(_stats_dtype(z)), dim=(2, 3), correction=0)
+        return mean, var
     if z.dtype in (torch.float32, torch.float64):
         # norm kernels' own moments (torch.var_mean is several times slower on the CPU): GroupNorm with one
         # channel a group where z is contiguous (its normalised output is dropped), else (channels_last)
@@ -184,7 +188,12 @@ class _GatedNormAct(torch.autograd.Function):
                 None, None, False, ctx.eps, [True, True, True])
             dz = dz.view_as(z)
             a_sum, b_sum = a_sum.view(n, c), b_sum.view(n, c)
-        else:  # channels_last: the same per sample, then g gamma G r in one pass
+        elif torch.compiler.is_compiling():
+            # channels_last, compiled: Inductor fuses both sums into one reduction and dz into one pointwise pass
+            a_sum = g.sum((2, 3), dtype=r.dtype)
+            b_sum = (g * (z - mu[:, None, None])).sum((2, 3), dtype=r.dtype) * r
+            dz = (g * (gamma_gate * r)[:, :, None, None]).to(z.dtype)
+        else:  # channels_last, eager: the same per sample, then g gamma G r in one pass
             a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps)
             dz = torch.mul(g, (gamma_gate * r)[:, :, None, None], out=torch.empty_like(g))
         d_gate = gamma * b_sum + beta * a_sum  # d out / d G = x = gamma xhat + beta
