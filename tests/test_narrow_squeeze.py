@@ -133,8 +133,9 @@ def test_training_takes_no_narrow_squeeze(compiling: bool, narrow_calls, monkeyp
     """With batch statistics the squeeze comes from the exact tail's statistics pass (eager and compiled,
     ``timm_sae.tail``), or from the full-width norm output in timm's tail; the narrow form runs in eval."""
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
-    model = timm.create_model('saeresnet26', num_classes=5).train()
-    model(torch.randn(2, 3, 64, 64))
+    # channels_last: where the exact tail runs compiled by default (``GatedBottleneck.compiled_tail``)
+    model = timm.create_model('saeresnet26', num_classes=5).train().to(memory_format=torch.channels_last)
+    model(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
     assert not narrow_calls  # the exact tail returns before the squeeze is asked for
     set_fast_tail(model, False)
     model(torch.randn(2, 3, 64, 64))

@@ -99,10 +99,25 @@ def test_compiled_formulas_equal_timm_tail(kind: str, layout: str, tail_calls: L
     """The forms the tail takes while torch.compile traces it (plain reductions Inductor fuses, in place of the
     eager per-sample kernels), run eagerly: 3 training steps equal timm's tail."""
     block, reference, x = _compiled_case(kind, MEMORY_FORMATS[layout])
+    block.compiled_tail = True  # NCHW too
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
     fast = train_steps(block, x)
     assert len(tail_calls) == 3
     assert_equal_records(fast, train_steps(reference, x))
+
+
+@pytest.mark.parametrize('compiled_tail, layout, runs', [
+    (None, 'channels-last', True), (None, 'nchw', False), (False, 'channels-last', False), (True, 'nchw', True)])
+def test_compiled_tail_by_memory_format(compiled_tail, layout: str, runs: bool, tail_calls: List[int], monkeypatch):
+    """Under torch.compile the tail runs by default where it measured faster than timm's form (channels_last);
+    ``compiled_tail`` True / False runs it always / never. Eager, it runs in either layout."""
+    block, _, x = _compiled_case('bottleneck', MEMORY_FORMATS[layout])
+    block.compiled_tail = compiled_tail
+    block(x)
+    assert len(tail_calls) == 1
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    block(x)
+    assert len(tail_calls) == 1 + runs
 
 
 @pytest.mark.slow
@@ -111,6 +126,7 @@ def test_compiled_block_training_equals_timm_tail(layout: str):
     """The tail traced by torch.compile (one graph, its backward included): 3 training steps equal timm's tail."""
     torch._dynamo.reset()
     block, reference, x = _compiled_case('bottleneck-downsample', MEMORY_FORMATS[layout])
+    block.compiled_tail = True  # NCHW too
     block.compile(backend='aot_eager', fullgraph=True)
     assert_equal_records(train_steps(block, x), train_steps(reference, x))
 

@@ -23,9 +23,10 @@ compute the same function (arXiv:2308.13343 places SaE exactly where SE goes) in
   narrow squeeze in eval. That is a forward hook on the SaE layer, the last norm, the activation or
   drop_path (Grad-CAM, feature extraction), a global module hook, torch.fx tracing, TorchScript, a norm
   other than ``nn.BatchNorm2d`` (or a ``SyncBatchNorm`` that syncs), an activation other than ReLU. Under
-  torch.compile the training tail is traced into the graph with its backward (``compiled_tail``, which
-  measured faster than leaving timm's form to Inductor: docs/speed.md); eval leaves timm's form to Inductor,
-  which fuses it with the narrow squeeze.
+  torch.compile the training tail is traced into the graph with its backward for channels_last inputs, where
+  it measured faster than timm's form left to Inductor; NCHW, where it measured slower, takes timm's form
+  (``compiled_tail``; docs/speed.md). Eval leaves timm's form to Inductor, which fuses it with the narrow
+  squeeze.
 
 Every form is exact (the tests compare values, gradients and running statistics). Parameters, state dicts,
 ``isinstance(block, Bottleneck)`` and the forward hooks, fx nodes and feature extraction of timm's blocks are
@@ -66,6 +67,14 @@ def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optiona
     return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
 
 
+def _compiled_tail(block: Union['GatedBottleneck', 'GatedBasicBlock'], x: torch.Tensor) -> bool:
+    """Whether the training tail runs under torch.compile: the block's ``compiled_tail`` where set, else for a
+    channels_last ``x`` only (measured faster than timm's form left to Inductor there, slower in NCHW)."""
+    if block.compiled_tail is not None:
+        return block.compiled_tail
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _fast_forms(
         block: Union['GatedBottleneck', 'GatedBasicBlock'], conv: nn.Module, norm: nn.Module, act: nn.Module,
         x: torch.Tensor, shortcut: torch.Tensor,
@@ -76,7 +85,8 @@ def _fast_forms(
     gate = gate_of(block.se) if block.fast_tail else None
     if gate is None:
         return None
-    training = fused_tail(norm, block.se, act, block.drop_path, block.training, block.compiled_tail)
+    compiled = torch.compiler.is_compiling() and _compiled_tail(block, x)  # x's strides: no torch.fx proxy
+    training = fused_tail(norm, block.se, act, block.drop_path, block.training, compiled)
     if not training and not folded_eval(norm, block.se, act, block.drop_path):
         return None
     squeeze = None if training else narrow_squeeze(conv, norm, x)
@@ -96,7 +106,8 @@ class GatedBottleneck(Bottleneck):
     """
 
     fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
-    compiled_tail: bool = True  # the exact training tail under torch.compile too (measured faster: docs/speed.md)
+    # under torch.compile: True / False the exact training tail always / never; None: channels_last only
+    compiled_tail: Optional[bool] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -151,7 +162,8 @@ class GatedBasicBlock(BasicBlock):
     """timm ``BasicBlock`` whose attention gates by the channel means (SaE, SE, ECA): the exact fast forms."""
 
     fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
-    compiled_tail: bool = True  # the exact training tail under torch.compile too (measured faster: docs/speed.md)
+    # under torch.compile: True / False the exact training tail always / never; None: channels_last only
+    compiled_tail: Optional[bool] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
