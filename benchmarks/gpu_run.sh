@@ -13,7 +13,7 @@
 # timm is another version.
 #
 # block: benchmarks/inductor_block.py, one layer3.1 block compiled per model (resnet50, seresnet50,
-# saeresnet50, and saeresnet50 with timm's tail and with the exact training tail traced), bf16 autocast,
+# saeresnet50, saeresnet50 with timm's tail, and seresnet50 accelerated), bf16 autocast,
 # batch 128: Inductor's kernels and traffic, and interleaved timings, eval and train; at most 150 s.
 # Returns inductor_block_cuda.{json,md}.
 # accuracy_placement: benchmarks/accuracy.py, the placement and branch-width configurations
@@ -61,7 +61,8 @@ for part; do
     case $part in
     block)
         timeout $((left < 150 ? left : 150)) python3 benchmarks/inductor_block.py --device cuda --precision bf16 \
-            --batch-size 128 --out "$OUT/inductor_block_cuda.json" >>"$log" 2>&1
+            --batch-size 128 --models seresnet50 saeresnet50 'saeresnet50 (timm tail)' 'seresnet50 (accelerated)' \
+            --out "$OUT/inductor_block_cuda.json" >>"$log" 2>&1
         ;;
     accuracy_placement)
         [[ -f $OUT/accuracy.json ]] || cp benchmarks/results/accuracy.json "$OUT/accuracy.json"

@@ -19,7 +19,9 @@ Here the tail never materialises ``x`` for autograd:
 * the backward is written by hand from per-(n, c) reductions: ``g = dout [out > 0]`` (the shortcut's
   gradient), ``A = sum_hw g``, ``B = sum_hw g (z - mu) r`` (one BatchNorm backward call on the
   (1, N*C, H, W) view gives ``g a``, ``B`` and ``A`` at once), the gate's gradient ``gamma B + beta A``;
-  the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``.
+  the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``;
+* traced by torch.compile, the per-(n, c) moments are one ``var_mean`` and (channels_last) the sums plain
+  reductions, which Inductor fuses; eager, norm kernels compute them faster than those ops would.
 
 The excitation between the two Functions (SaE's branches, SE's MLP, ECA's conv) stays ordinary modules:
 autograd gives their parameters their gradients as before. BatchNorm's running statistics are updated
