@@ -118,6 +118,30 @@ def test_hooked_attention_costs_no_narrow_squeeze(monkeypatch):
 
 
 @pytest.mark.slow
+def test_compiled_nchw_training_is_timms_graph():
+    """NCHW under torch.compile, where the traced exact tail trained slower (docs/speed.md), an accelerated block
+    gives TorchDynamo the very graph of timm's block; channels_last, the exact tail's."""
+    def traced(accelerated: bool, memory_format: torch.memory_format) -> List[str]:
+        graph: List[str] = []
+
+        def backend(gm: torch.fx.GraphModule, example_inputs):
+            graph.extend(f'{node.op} {node.target}' for node in gm.graph.nodes)
+            return gm.forward
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        block = timm.create_model('seresnet50', device='meta').layer3[1].to_empty(device='cpu').train()
+        if accelerated:
+            accelerate(block)
+        block = block.to(memory_format=memory_format)
+        x = torch.randn(2, 1024, 8, 8).contiguous(memory_format=memory_format)
+        torch.compile(block, backend=backend, fullgraph=True)(x)
+        return graph
+
+    assert traced(True, torch.contiguous_format) == traced(False, torch.contiguous_format)
+    assert traced(True, torch.channels_last) != traced(False, torch.channels_last)
+
+
+@pytest.mark.slow
 def test_compiled_eval_matches_timms():
     model = _model('seresnext26d_32x4d').eval()
     reference = copy.deepcopy(model)

@@ -57,13 +57,13 @@ def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optiona
     """``mean_hw(norm(conv(y)))``, (N, C), from the narrow ``y``; None where it does not hold (module docstring)."""
     if not isinstance(conv, nn.Conv2d) or not _is_pointwise(conv):
         return None
-    pooled = F.linear(y.mean((2, 3)), conv.weight.flatten(1), conv.bias)
     if type(norm) is nn.Identity:
-        return pooled
+        return F.linear(y.mean((2, 3)), conv.weight.flatten(1), conv.bias)
     if type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or not isinstance(norm, _BatchNorm):
         return None
     if norm.training or norm.running_mean is None:
         return None  # batch statistics
+    pooled = F.linear(y.mean((2, 3)), conv.weight.flatten(1), conv.bias)
     return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
 
 
