@@ -41,9 +41,17 @@ import torch
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .tail import folded_eval, folded_eval_tail, fused_tail, gate_of, gated_by_squeeze, gated_tail, squeeze_gate
+from .tail import (
+    folded_eval,
+    folded_eval_tail,
+    fused_tail,
+    gate_of,
+    gated_by_squeeze,
+    gated_tail,
+    running_batch_norm,
+    squeeze_gate,
+)
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -57,14 +65,14 @@ def narrow_squeeze(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> Optiona
     """``mean_hw(norm(conv(y)))``, (N, C), from the narrow ``y``; None where it does not hold (module docstring)."""
     if not isinstance(conv, nn.Conv2d) or not _is_pointwise(conv):
         return None
-    if type(norm) is nn.Identity:
-        return F.linear(y.mean((2, 3)), conv.weight.flatten(1), conv.bias)
-    if type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or not isinstance(norm, _BatchNorm):
-        return None
-    if norm.training or norm.running_mean is None:
-        return None  # batch statistics
+    batch_norm = norm if running_batch_norm(norm) else None
+    if batch_norm is None and type(norm) is not nn.Identity:
+        return None  # another norm, or batch statistics
     pooled = F.linear(y.mean((2, 3)), conv.weight.flatten(1), conv.bias)
-    return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
+    if batch_norm is None:
+        return pooled  # fuse_batchnorm's folded conv3, its bias included
+    return F.batch_norm(pooled, batch_norm.running_mean, batch_norm.running_var, batch_norm.weight, batch_norm.bias,
+                        False, 0., batch_norm.eps)
 
 
 def _compiled_tail(block: Union['GatedBottleneck', 'GatedBasicBlock'], x: torch.Tensor) -> bool:

@@ -46,8 +46,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .squeeze_aggregated_excite import SqueezeAggregatedExcitation
 
 __all__ = [
-    'Gate', 'gate_of', 'fused_tail', 'gated_tail', 'folded_eval', 'folded_eval_tail', 'squeeze_gate',
-    'gated_by_squeeze', 'unobserved']
+    'Gate', 'gate_of', 'fused_tail', 'gated_tail', 'running_batch_norm', 'folded_eval', 'folded_eval_tail',
+    'squeeze_gate', 'gated_by_squeeze', 'unobserved']
 
 
 ModuleT = TypeVar('ModuleT', bound=nn.Module)
@@ -402,9 +402,16 @@ def fused_tail(
     return unobserved(norm, gate_module, act, drop_path)
 
 
+def running_batch_norm(norm: Optional[nn.Module]) -> TypeGuard[_BatchNorm]:
+    """``nn.BatchNorm2d`` or ``SyncBatchNorm`` normalising with its running statistics (eval mode): a fixed
+    per-channel affine map."""
+    return (type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm) and isinstance(norm, _BatchNorm) and not norm.training
+            and norm.running_mean is not None)
+
+
 def folded_eval(norm: nn.Module, gate_module: nn.Module, act: nn.Module, drop_path: Optional[nn.Module]) -> bool:
     """Whether ``folded_eval_tail`` stands in for timm's tail here: eval-mode BatchNorm, eager, unobserved."""
-    if norm.training or type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or norm.running_mean is None:
+    if not running_batch_norm(norm):
         return False
     if type(act) is not nn.ReLU or _tracing() or torch.compiler.is_compiling():
         return False
