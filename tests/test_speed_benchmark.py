@@ -13,7 +13,8 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import common, inductor_block, profile_speed, speed, speed_report
+from benchmarks import common, inductor_block, profile_speed, speed, speed_report, tail_reductions
+from timm_sae import tail
 
 QUICK_COMPILE = ['--quick', '--compile', '--compile-backend', 'aot_eager']
 
@@ -118,6 +119,24 @@ def test_committed_block_tables_are_generated_from_their_json():
         report = json.loads(json_path.read_text())
         assert 'resnet50' in report['results'] and set(report['results']) <= set(inductor_block.MODELS)
         assert inductor_block.markdown(report) == json_path.with_suffix('.md').read_text()
+
+
+def test_committed_tail_reductions_match_the_tail(tmp_path):
+    """tail_reductions.py's committed table is its JSON's, measured with the threshold the tail has now; a run
+    writes one row a shape with the form the tail picks."""
+    json_path = common.RESULTS_DIR / 'tail_reductions_cpu.json'
+    report = json.loads(json_path.read_text())
+    assert tail_reductions.markdown(report) == json_path.with_suffix('.md').read_text()
+    assert report['settings']['threshold_bytes'] == tail.PER_SAMPLE_KERNELS_FROM_BYTES
+    out = tmp_path / 'reductions.json'
+    assert tail_reductions.main(['--rounds', '1', '--calls', '1', '--batch-size', '2', '--out', str(out)]) == 0
+    rows = json.loads(out.read_text())['results']
+    assert len(rows) == len(report['results']) == sum(map(len, tail_reductions.SHAPES.values()))
+    for row in rows + report['results']:
+        large = row['sample_bytes'] >= tail.PER_SAMPLE_KERNELS_FROM_BYTES
+        assert row['picked'] == ('per-sample kernels' if large else 'whole tensors')
+    assert {row['picked'] for row in rows} == {'per-sample kernels', 'whole tensors'}
+    assert all(row['per-sample kernels_ms'] > 0 and row['whole tensors_ms'] > 0 for row in rows)
 
 
 @pytest.mark.parametrize('section', ['speed', 'speed-cuda'])

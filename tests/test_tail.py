@@ -18,7 +18,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from conftest import F64_REL, assert_equal_records, fast_or_slow, random_float64_, train_steps
-from timm_sae import SqueezeAggregatedExcitation
+from timm_sae import SqueezeAggregatedExcitation, tail
 from timm_sae._testing import relative_error
 from timm_sae.blocks import SaEBasicBlock, SaEBottleneck, set_fast_tail
 from timm_sae.tail import gate_of, gated_tail
@@ -163,17 +163,44 @@ def test_large_mean_channel_float64():
         assert relative_error(got, want) < F64_REL
 
 
-@pytest.mark.parametrize('compiling', [False, True], ids=['eager', 'compiling'])
-def test_statistics_as_accurate_as_batchnorm_float32(compiling: bool, monkeypatch):
+# the eager channels_last tail's two reductions, forced by its threshold (bytes a sample): per-sample norm kernels,
+# whole-tensor reductions
+REDUCTIONS = {'per-sample': 0, 'whole-tensor': 1 << 62}
+
+
+@pytest.mark.parametrize('reductions', REDUCTIONS)
+@pytest.mark.parametrize('kind', ['basic-downsample', 'bottleneck-downsample'])
+def test_channels_last_reductions_equal_timm_tail(kind: str, reductions: str, tail_calls: List[int], monkeypatch):
+    """Eager channels_last: either reduction the tail picks by a sample's size trains as timm's tail (3 steps)."""
+    monkeypatch.setattr(tail, 'PER_SAMPLE_KERNELS_FROM_BYTES', REDUCTIONS[reductions])
+    block, reference, x = _compiled_case(kind, torch.channels_last)
+    fast = train_steps(block, x)
+    assert len(tail_calls) == 3
+    assert_equal_records(fast, train_steps(reference, x))
+
+
+# (torch.compile tracing, memory format, the channels_last threshold)
+STATISTICS_FORMS = {
+    'eager-nchw': (False, torch.contiguous_format, 0),
+    'eager-channels-last-per-sample': (False, torch.channels_last, REDUCTIONS['per-sample']),
+    'eager-channels-last-whole-tensor': (False, torch.channels_last, REDUCTIONS['whole-tensor']),
+    'compiling': (True, torch.contiguous_format, 0),
+}
+
+
+@pytest.mark.parametrize('form', STATISTICS_FORMS)
+def test_statistics_as_accurate_as_batchnorm_float32(form: str, monkeypatch):
     """fp32 running statistics and outputs as close to the float64 truth as BatchNorm's own, at 250x mean/spread,
-    eager and in the form torch.compile traces."""
+    eager in either layout (channels_last: both reductions) and in the form torch.compile traces."""
+    compiling, memory_format, threshold = STATISTICS_FORMS[form]
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
+    monkeypatch.setattr(tail, 'PER_SAMPLE_KERNELS_FROM_BYTES', threshold)
     errors = {}
     for name in ('fast', 'batchnorm'):
         torch.manual_seed(0)
         norm, sae = nn.BatchNorm2d(16), SqueezeAggregatedExcitation(16, rd_channels=8)
         exact_norm = copy.deepcopy(norm).double()
-        z, shortcut = _large_mean_case(torch.float32)
+        z, shortcut = (t.contiguous(memory_format=memory_format) for t in _large_mean_case(torch.float32))
         with torch.no_grad():
             truth = _sae_tail_reference(z.double(), exact_norm, copy.deepcopy(sae).double(), shortcut.double())
             out = gated_tail(z, norm, gate_of(sae), shortcut) if name == 'fast' else \

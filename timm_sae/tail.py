@@ -21,7 +21,9 @@ Here the tail never materialises ``x`` for autograd:
   (1, N*C, H, W) view gives ``g a``, ``B`` and ``A`` at once), the gate's gradient ``gamma B + beta A``;
   the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``;
 * traced by torch.compile, the per-(n, c) moments are one ``var_mean`` and (channels_last) the sums plain
-  reductions, which Inductor fuses; eager, norm kernels compute them faster than those ops would.
+  reductions, which Inductor fuses; eager, norm kernels compute them faster than those ops would, except for
+  small channels_last samples, where a norm kernel per sample costs more calls than whole-tensor reductions
+  (``PER_SAMPLE_KERNELS_FROM_BYTES``).
 
 The excitation between the two Functions (SaE's branches, SE's MLP, ECA's conv) stays ordinary modules:
 autograd gives their parameters their gradients as before. BatchNorm's running statistics are updated
@@ -65,29 +67,49 @@ def _stats_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.promote_types(z.dtype, torch.float32)
 
 
-def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) spatial mean and biased variance of ``z``, in ``_stats_dtype``, from one read of ``z``."""
+# channels_last, eager, fp32 / fp64: a sample (C, H, W) of at least this many bytes takes the per-sample norm
+# kernels, which read z once; a smaller one whole-tensor reductions, fewer calls whose fixed cost is lower
+# (benchmarks/tail_reductions.py measures both across the family's block shapes)
+PER_SAMPLE_KERNELS_FROM_BYTES = 1 << 19
+
+
+def per_sample_kernels(z: torch.Tensor) -> bool:
+    """Whether the eager channels_last tail reduces ``z`` per sample (``PER_SAMPLE_KERNELS_FROM_BYTES``)."""
+    return z.numel() // z.shape[0] * z.element_size() >= PER_SAMPLE_KERNELS_FROM_BYTES
+
+
+def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(m, mu, var): per-(n, c) spatial means, per-channel batch mean and biased variance of ``z``, in
+    ``_stats_dtype``, as accurate as BatchNorm's own."""
     n, c, h, w = z.shape
     if torch.compiler.is_compiling():
         # Inductor: one Welford reduction per (n, c) in either layout, accumulated in fp32 for bf16 / fp16
-        var, mean = torch.var_mean(z.to(_stats_dtype(z)), dim=(2, 3), correction=0)
-        return mean, var
-    if z.dtype in (torch.float32, torch.float64):
+        sample_var, m = torch.var_mean(z.to(_stats_dtype(z)), dim=(2, 3), correction=0)
+    elif z.dtype in (torch.float32, torch.float64):
         # norm kernels' own moments (torch.var_mean is several times slower on the CPU): GroupNorm with one
         # channel a group where z is contiguous (its normalised output is dropped), else (channels_last)
-        # BatchNorm's per sample, where the channels are innermost
+        # BatchNorm's per sample, where the channels are innermost, or for small samples BatchNorm's over the
+        # batch beside one reduction for the means
         if z.is_contiguous():
-            _, mean, rstd = torch.native_group_norm(z, None, None, n, c, h * w, c, 0.)
-            return mean, rstd.pow(-2)
-        stats = [torch.batch_norm_update_stats(z[i:i + 1], None, None, 0.) for i in range(n)]
-        return torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])
-    # bf16 / fp16: the kernels above would round their results to z's dtype. E[z^2] - E[z]^2 accumulated in
-    # fp32 loses about R^2 2^-24 of the variance for a channel whose mean is R times its spread, less than
-    # the rounding of z itself puts there (about R^2 2^-18 for bf16, R^2 2^-22 for fp16).
-    dtype = _stats_dtype(z)
-    mean = z.mean(dim=(2, 3), dtype=dtype)
-    square = torch.linalg.vector_norm(z, 2, dim=(2, 3), dtype=dtype).square_() / (h * w)
-    return mean, (square - mean.square()).clamp_min_(0.)
+            _, m, rstd = torch.native_group_norm(z, None, None, n, c, h * w, c, 0.)
+            sample_var = rstd.pow(-2)
+        elif per_sample_kernels(z):
+            stats = [torch.batch_norm_update_stats(sample, None, None, 0.) for sample in z.split(1)]
+            m, sample_var = torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])
+        else:
+            mu, var = torch.batch_norm_update_stats(z, None, None, 0.)
+            return z.mean((2, 3)), mu, var
+    else:
+        # bf16 / fp16: the kernels above would round their results to z's dtype. E[z^2] - E[z]^2 accumulated in
+        # fp32 loses about R^2 2^-24 of the variance for a channel whose mean is R times its spread, less than
+        # the rounding of z itself puts there (about R^2 2^-18 for bf16, R^2 2^-22 for fp16).
+        dtype = _stats_dtype(z)
+        m = z.mean(dim=(2, 3), dtype=dtype)
+        square = torch.linalg.vector_norm(z, 2, dim=(2, 3), dtype=dtype).square_() / (h * w)
+        sample_var = (square - m.square()).clamp_min_(0.)
+    mu = m.mean(0)
+    # Chan et al.: the within-sample variances plus the variance of the sample means
+    return m, mu, sample_var.mean(0) + (m - mu).square().mean(0)
 
 
 class _BatchMoments(torch.autograd.Function):
@@ -98,10 +120,7 @@ class _BatchMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m, v = _moments(z)
-        mu = m.mean(0)
-        # Chan et al.: the within-sample variances plus the variance of the sample means
-        var = v.mean(0) + (m - mu).square().mean(0)
+        m, mu, var = _moments(z)
         ctx.save_for_backward(z, mu)
         return m, mu, var
 
@@ -192,11 +211,11 @@ class _GatedNormAct(torch.autograd.Function):
             a_sum, b_sum = a_sum.view(n, c), b_sum.view(n, c)
         elif torch.compiler.is_compiling():
             # channels_last, compiled: Inductor fuses both sums into one reduction and dz into one pointwise pass
-            a_sum = g.sum((2, 3), dtype=r.dtype)
-            b_sum = (g * (z - mu[:, None, None])).sum((2, 3), dtype=r.dtype) * r
+            a_sum, b_sum = _plain_sums(g, z, mu, r)
             dz = (g * (gamma_gate * r)[:, :, None, None]).to(z.dtype)
-        else:  # channels_last, eager: the same per sample, then g gamma G r in one pass
-            a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps)
+        else:  # channels_last, eager: the same sums (per sample for large samples), then g gamma G r in one pass
+            a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps) if per_sample_kernels(z) else \
+                _plain_sums(g, z, mu, r)
             dz = torch.mul(g, (gamma_gate * r)[:, :, None, None], out=torch.empty_like(g))
         d_gate = gamma * b_sum + beta * a_sum  # d out / d G = x = gamma xhat + beta
         d_s = d_gate if keep is None else d_gate * keep.reshape(-1, 1)
@@ -208,14 +227,20 @@ class _GatedNormAct(torch.autograd.Function):
         return dz, d_s.to(s.dtype).reshape(s.shape), d_gamma, d_beta, d_mu, d_var, g, None, None, None
 
 
+def _plain_sums(
+        g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum_hw g, sum_hw g (z - mu) r), each (N, C), as reductions over the whole tensors, in r's precision."""
+    return g.sum((2, 3), dtype=r.dtype), (z - mu[:, None, None]).mul_(g).sum((2, 3), dtype=r.dtype) * r
+
+
 def _per_sample_sums(
         g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(sum_hw g, sum_hw g (z - mu) r), each (N, C), one eval-mode BatchNorm backward per sample."""
     sums = [
         torch.ops.aten.native_batch_norm_backward(
-            g[i:i + 1], z[i:i + 1], None, mu, var, None, None, False, eps, [False, True, True])[1:]
-        for i in range(z.shape[0])]
+            g_sample, z_sample, None, mu, var, None, None, False, eps, [False, True, True])[1:]
+        for g_sample, z_sample in zip(g.split(1), z.split(1), strict=True)]
     return torch.stack([s[1] for s in sums]), torch.stack([s[0] for s in sums])
 
 
