@@ -67,9 +67,10 @@ def _stats_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.promote_types(z.dtype, torch.float32)
 
 
-# channels_last, eager, fp32 / fp64: a sample (C, H, W) of at least this many bytes takes the per-sample norm
-# kernels, which read z once; a smaller one whole-tensor reductions, fewer calls whose fixed cost is lower
-# (benchmarks/tail_reductions.py measures both across the family's block shapes)
+# channels_last, eager: a sample (C, H, W) of at least this many bytes takes the per-sample norm kernels, which
+# read z once, for the backward's sums (and, in fp32 / fp64, the statistics); a smaller one whole-tensor
+# reductions, fewer calls whose fixed cost is lower (benchmarks/tail_reductions.py measures both across the
+# family's block shapes)
 PER_SAMPLE_KERNELS_FROM_BYTES = 1 << 19
 
 
@@ -95,7 +96,7 @@ def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
             sample_var = rstd.pow(-2)
         elif per_sample_kernels(z):
             stats = [torch.batch_norm_update_stats(sample, None, None, 0.) for sample in z.split(1)]
-            m, sample_var = torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])
+            m, sample_var = torch.stack([mean for mean, _ in stats]), torch.stack([var for _, var in stats])
         else:
             mu, var = torch.batch_norm_update_stats(z, None, None, 0.)
             return z.mean((2, 3)), mu, var
