@@ -12,8 +12,8 @@ memory than the plain block, which keeps only ``z`` and ``out`` (needed by the n
 Here the tail never materialises ``x`` for autograd:
 
 * the squeeze needs no pass over ``x``: ``mean_hw(x) = gamma (m - mu) r + beta`` with ``m = mean_hw(z)``,
-  taken in the statistics pass (``_BatchMoments``: per-(n, c) moments merged per channel (Chan et al.),
-  as accurate as BatchNorm's own);
+  taken in the statistics pass (``_NormSqueeze``: per-(n, c) moments merged per channel (Chan et al.),
+  as accurate as BatchNorm's own; the squeeze and its backward are per-(n, c) arithmetic in the same Function);
 * ``out = act(z a + b + shortcut)`` with per-(n, c) ``a = gamma r G``, ``b = (beta - mu gamma r) G``
   (``_GatedNormAct``), which keeps ``z`` and ``out`` only;
 * the backward is written by hand from per-(n, c) reductions: ``g = dout [out > 0]`` (the shortcut's
@@ -113,30 +113,44 @@ def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return m, mu, sample_var.mean(0) + (m - mu).square().mean(0)
 
 
-class _BatchMoments(torch.autograd.Function):
-    """``z`` -> (m, mu, var): per-(n, c) spatial means, per-channel batch mean and biased variance.
+class _NormSqueeze(torch.autograd.Function):
+    """``z`` -> (squeeze, mu, var, r): ``mean_hw`` of BatchNorm's output with batch statistics,
+    ``gamma (m - mu) r + beta`` (N, C), and the per-channel batch mean, biased variance and
+    ``r = (var + eps)^-1/2`` (not differentiable itself: ``var`` carries its gradient).
 
-    Backward: ``dz = dm / HW + dmu / M + dvar 2 (z - mu) / M``, one pass ``c1 z + c0``.
+    Backward: through the squeeze to the per-(n, c) means ``m``, ``mu``, ``var``, ``gamma`` and ``beta``, then
+    ``dz = dm / HW + dmu / M + dvar 2 (z - mu) / M`` in one pass ``c1 z + c0``.
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+            ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         m, mu, var = _moments(z)
-        ctx.save_for_backward(z, mu)
-        return m, mu, var
+        r = torch.rsqrt(var + eps)
+        gamma_r = gamma * r
+        centred = m - mu
+        ctx.save_for_backward(z, centred, mu, r, gamma_r, gamma)
+        ctx.mark_non_differentiable(r)
+        return torch.addcmul(beta, centred, gamma_r), mu, var, r
 
     @staticmethod
-    def backward(ctx, dm: torch.Tensor, dmu: torch.Tensor, dvar: torch.Tensor) -> torch.Tensor:
-        z, mu = ctx.saved_tensors
-        n, _, h, w = z.shape
-        c1 = dvar * (2. / (n * h * w))
-        c0 = dm / (h * w) + (dmu / (n * h * w) - c1 * mu)
-        return _affine(z, c1[:, None, None], c0[:, :, None, None], z.dtype)
+    def backward(ctx, d_squeeze: torch.Tensor, d_mu: torch.Tensor, d_var: torch.Tensor, _: Optional[torch.Tensor]):
+        z, centred, mu, r, gamma_r, gamma = ctx.saved_tensors
+        n, c, h, w = z.shape
+        d_m = d_squeeze * gamma_r
+        d_gamma_r = (d_squeeze * centred).sum(0)
+        # d (gamma r) / d var = -gamma r^3 / 2
+        c1 = torch.addcmul(d_var, gamma_r * r.square(), d_gamma_r, value=-0.5).mul_(2. / (n * h * w))
+        # (dm + (dmu - sum_n dm) / N - c1 HW mu) / HW, with the squeeze's own share of dmu
+        c0 = torch.addcmul((d_mu - d_m.sum(0)).div_(n), c1, mu, value=-h * w).add(d_m).div_(h * w)
+        dz = _affine(z, c1.view(c, 1, 1), c0.view(n, c, 1, 1), z.dtype)
+        return dz, d_gamma_r * r, d_squeeze.sum(0), None
 
 
 def _affine(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``z a + b`` (a, b broadcast per channel or per (n, c)) in one pass, in a's precision, stored as ``dtype``."""
-    if torch.promote_types(z.dtype, a.dtype) == dtype:
+    if z.dtype == a.dtype == dtype:
         return torch.addcmul(b, z, a)
     return torch.addcmul(b, z, a, out=torch.empty_like(z, dtype=dtype))
 
@@ -160,9 +174,10 @@ def _gate(s: torch.Tensor, residual: bool, keep: Optional[torch.Tensor]) -> torc
 
 def _gated_norm(
         z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor, beta: torch.Tensor,
-        gate: torch.Tensor, dtype: torch.dtype,
+        gate: torch.Tensor, dtype: torch.dtype, gamma_r: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype``.
+    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype`` (``gamma_r``: ``gamma r`` where
+    the caller has it).
 
     Where z is contiguous, an eval-mode BatchNorm over (1, N*C, H, W) with per-(n, c) weight ``gamma G`` and
     bias ``beta G``: centred as BatchNorm computes it, and on the CPU faster than a broadcast multiply-add. Else
@@ -173,65 +188,74 @@ def _gated_norm(
         return torch.batch_norm(
             z.view(1, n * c, h, w), (gamma * gate).reshape(-1), (beta * gate).reshape(-1), mu.repeat(n), var.repeat(n),
             False, 0., eps, False).view_as(z)
-    scale = gamma * torch.rsqrt(var + eps)
-    return _affine(z, (scale * gate)[:, :, None, None], ((beta - mu * scale) * gate)[:, :, None, None], dtype)
+    if gamma_r is None:
+        gamma_r = gamma * torch.rsqrt(var + eps)
+    shift = torch.addcmul(beta, mu, gamma_r, value=-1.)
+    return _affine(z, (gamma_r * gate).view(n, c, 1, 1), (shift * gate).view(n, c, 1, 1), dtype)
 
 
 class _GatedNormAct(torch.autograd.Function):
     """``relu(G (gamma (z - mu) r + beta) + shortcut)``, keeping ``z`` and the output only (module docstring).
 
-    ``G = (1 + s) keep`` (residual) or ``s keep``, keep the drop_path scale per sample (or None).
+    ``G = (1 + s) keep`` (residual) or ``s keep``, keep the drop_path scale per sample (or None); ``r`` from
+    ``_NormSqueeze``, whose ``var`` takes this Function's gradient of ``r``.
     """
 
     @staticmethod
     def forward(
             ctx, z: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
-            var: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool, eps: float,
+            var: torch.Tensor, r: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool,
+            eps: float,
     ) -> torch.Tensor:
         gate = _gate(s, residual, keep)
-        gated = _gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype))
+        gamma_r = gamma * r
+        gated = _gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype), gamma_r)
         out = _add_act_(gated, shortcut)
-        ctx.save_for_backward(z, out, s, keep, gamma, beta, mu, var)
+        # s rather than G: the excitation keeps s for its own backward already
+        ctx.save_for_backward(z, out, s, keep, gamma, gamma_r, beta, mu, var, r)
         ctx.residual, ctx.eps = residual, eps
         return out
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
-        z, out, s, keep, gamma, beta, mu, var = ctx.saved_tensors
-        r = torch.rsqrt(var + ctx.eps)
+        z, out, s, keep, gamma, gamma_r, beta, mu, var, r = ctx.saved_tensors
         n, c, h, w = z.shape
         gate = _gate(s, ctx.residual, keep)
         g = torch.ops.aten.threshold_backward(dout, out, 0)
-        gamma_gate = (gamma * gate).to(r.dtype)
         if z.is_contiguous() and g.is_contiguous():
             # one eval-mode BatchNorm backward over (1, N*C, H, W): g gamma G r, sum g (z - mu) r, sum g
             dz, b_sum, a_sum = torch.ops.aten.native_batch_norm_backward(
-                g.view(1, n * c, h, w), z.view(1, n * c, h, w), gamma_gate.flatten(), mu.repeat(n), var.repeat(n),
-                None, None, False, ctx.eps, [True, True, True])
+                g.view(1, n * c, h, w), z.view(1, n * c, h, w), (gamma * gate).to(r.dtype).flatten(), mu.repeat(n),
+                var.repeat(n), None, None, False, ctx.eps, [True, True, True])
             dz = dz.view_as(z)
             a_sum, b_sum = a_sum.view(n, c), b_sum.view(n, c)
-        elif torch.compiler.is_compiling():
-            # channels_last, compiled: Inductor fuses both sums into one reduction and dz into one pointwise pass
-            a_sum, b_sum = _plain_sums(g, z, mu, r)
-            dz = (g * (gamma_gate * r)[:, :, None, None]).to(z.dtype)
-        else:  # channels_last, eager: the same sums (per sample for large samples), then g gamma G r in one pass
-            a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps) if per_sample_kernels(z) else \
-                _plain_sums(g, z, mu, r)
-            dz = torch.mul(g, (gamma_gate * r)[:, :, None, None], out=torch.empty_like(g))
-        d_gate = gamma * b_sum + beta * a_sum  # d out / d G = x = gamma xhat + beta
-        d_s = d_gate if keep is None else d_gate * keep.reshape(-1, 1)
+        else:
+            # channels_last: the sums (per sample for large samples, eager), then g gamma G r in one pass; compiled,
+            # Inductor fuses both sums into one reduction and dz into one pointwise pass
+            a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps) \
+                if per_sample_kernels(z) and not torch.compiler.is_compiling() else _plain_sums(g, z, mu, r)
+            dz = _scaled(g, (gamma_r * gate).view(n, c, 1, 1), z.dtype)
+        d_gate = torch.addcmul(beta * a_sum, gamma, b_sum)  # d out / d G = x = gamma xhat + beta
+        d_s = d_gate if keep is None else d_gate * keep.view(-1, 1)
         d_gamma = (gate * b_sum).sum(0)
         d_beta = (gate * a_sum).sum(0)
-        d_mu = -gamma * r * d_beta
-        # d out / d r = gamma G (z - mu); d r / d var = -r^3 / 2
-        d_var = -0.5 * r * r * gamma * d_gamma
-        return dz, d_s.to(s.dtype).reshape(s.shape), d_gamma, d_beta, d_mu, d_var, g, None, None, None
+        # d out / d r = gamma G (z - mu), d r / d var = -r^3 / 2
+        d_var = torch.mul(gamma_r * r, d_gamma).mul_(-0.5)
+        return dz, d_s.to(s.dtype).view(s.shape), d_gamma, d_beta, -gamma_r * d_beta, d_var, None, g, \
+            None, None, None
+
+
+def _scaled(g: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``g a`` (a broadcast per (n, c)) in one pass, stored as ``dtype`` (compiled: a cast that Inductor fuses)."""
+    if torch.compiler.is_compiling() or g.dtype == a.dtype == dtype:
+        return (g * a).to(dtype)
+    return torch.mul(g, a, out=torch.empty_like(g, dtype=dtype))
 
 
 def _plain_sums(
         g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(sum_hw g, sum_hw g (z - mu) r), each (N, C), as reductions over the whole tensors, in r's precision."""
-    return g.sum((2, 3), dtype=r.dtype), (z - mu[:, None, None]).mul_(g).sum((2, 3), dtype=r.dtype) * r
+    return g.sum((2, 3), dtype=r.dtype), (z - mu.view(-1, 1, 1)).mul_(g).sum((2, 3), dtype=r.dtype) * r
 
 
 def _per_sample_sums(
@@ -285,18 +309,17 @@ def gated_tail(
     count = z.numel() // z.shape[1]
     if count == 1:  # as nn.BatchNorm2d says it
         raise ValueError(f'Expected more than 1 value per channel when training, got input size {z.size()}')
-    m, mu, var = _BatchMoments.apply(z)
+    gamma, beta = _norm_affine(norm, z)
+    squeeze, mu, var, r = _NormSqueeze.apply(z, gamma, beta, norm.eps)
     running_mean, running_var = norm.running_mean, norm.running_var
     if norm.track_running_stats and running_mean is not None and running_var is not None:
         factor = _momentum(norm)
         with torch.no_grad():
-            running_mean.lerp_(mu.detach().to(running_mean.dtype), factor)
-            running_var.lerp_((var.detach() * (count / (count - 1))).to(running_var.dtype), factor)
-    gamma, beta = _norm_affine(norm, z)
-    squeeze = (m - mu) * (gamma * torch.rsqrt(var + norm.eps)) + beta
+            running_mean.lerp_(mu.to(running_mean.dtype), factor)
+            running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), factor)
     s = gate.excitation(squeeze.to(z.dtype))
     keep = _drop_path_keep(drop_path, z)
-    return _GatedNormAct.apply(z, s, gamma, beta, mu, var, shortcut, keep, gate.residual, norm.eps)
+    return _GatedNormAct.apply(z, s, gamma, beta, mu, var, r, shortcut, keep, gate.residual, norm.eps)
 
 
 def folded_eval_tail(
