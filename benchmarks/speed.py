@@ -426,8 +426,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             'rounds': args.rounds, 'warmup': args.warmup, 'train_step': TRAIN_STEP,
             'cudnn_benchmark': torch.backends.cudnn.benchmark,
             'timing': (
-                'seconds per step, models in turn within each round, the order rotated each round '
-                '(A B C, B C A, ...)'),
+                'seconds per step, models in turn within each round, in balanced orders: each model right after '
+                'every other one equally often (timm_sae.measure.balanced_orders)'),
             'kept_memory': (
                 'activation memory one eager training forward keeps for the backward: the unique storages autograd '
                 'saves plus the tensors still alive after the forward, parameters, buffers, input and output '

@@ -1,13 +1,30 @@
 """timm_sae.measure: the interleaved timing that the demo and the speed benchmarks share."""
+from collections import Counter
 from typing import List
 
-from timm_sae.measure import time_interleaved
+import pytest
+
+from timm_sae.measure import balanced_orders, time_interleaved
 
 
-def test_time_interleaved_rotates_the_order_each_round():
+@pytest.mark.parametrize('count', [1, 2, 3, 4, 5, 6, 7])
+def test_balanced_orders_give_every_step_every_predecessor_equally_often(count: int):
+    names = [chr(ord('A') + i) for i in range(count)]
+    orders = balanced_orders(names)
+    assert len(orders) == (count if count % 2 == 0 else 2 * count)
+    assert all(sorted(order) == names for order in orders)
+    follows = Counter((a, b) for order in orders for a, b in zip(order[:-1], order[1:], strict=True))
+    pairs = [(a, b) for a in names for b in names if a != b]
+    assert set(follows) == set(pairs)
+    assert len(set(follows.values())) <= 1  # each ordered pair equally often
+    assert Counter(order[0] for order in orders) == Counter({name: len(orders) // count for name in names})
+
+
+def test_time_interleaved_runs_the_balanced_orders():
     calls: List[str] = []
-    steps = {name: (lambda name=name: calls.append(name)) for name in 'ABC'}
-    times = time_interleaved(steps, rounds=4, warmup=1)
-    assert calls == list('ABC' 'ABC' 'BCA' 'CAB' 'ABC')  # warm-up, then rounds 0-3
-    assert {name: len(t) for name, t in times.items()} == {'A': 4, 'B': 4, 'C': 4}
+    steps = {name: (lambda name=name: calls.append(name)) for name in 'ABCD'}
+    times = time_interleaved(steps, rounds=5, warmup=1)
+    orders = balanced_orders(list('ABCD'))
+    assert calls == list('ABCD') + [name for order in orders + orders[:1] for name in order]
+    assert {name: len(t) for name, t in times.items()} == {name: 5 for name in 'ABCD'}
     assert all(t >= 0 for ts in times.values() for t in ts)

@@ -55,26 +55,46 @@ def describe(model_name: str, input_size: Tuple[int, int, int] = (3, 224, 224), 
     return {'params_m': param_count(model) / 1e6, 'gmacs': gmacs(model, input_size)}
 
 
+def balanced_orders(names: Sequence[str]) -> List[List[str]]:
+    """Orders of ``names`` in which each name directly follows every other one equally often.
+
+    A Williams design (Williams 1949, the balanced crossover): the rows ``0, 1, n-1, 2, n-2, ...`` shifted by
+    0 .. n-1, and for an odd number of names their mirror images too (n orders for an even n, 2n for an odd
+    one), so that what one step leaves behind (the allocator's free lists, the caches) falls on every other
+    step alike. Rotating one order (A B C, B C A, C A B) does not: C always runs after B.
+    """
+    count = len(names)
+    first = [0]
+    low, high = 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    rows = [[(shift + index) % count for index in first] for shift in range(count)]
+    if count % 2:
+        rows += [row[::-1] for row in rows]
+    return [[names[index] for index in row] for row in rows]
+
+
 def time_interleaved(
         steps: Mapping[str, Callable[[], None]],
         rounds: int,
         warmup: int = 1,
         sync: Callable[[], None] = lambda: None,
 ) -> Dict[str, List[float]]:
-    """Seconds per call of each step for ``rounds`` rounds after warm-up, the order rotated each round.
-
-    A B C, B C A, C A B, ...: no step always follows the same other one, so what one step leaves behind
-    (the allocator's free lists, the caches) does not bias the same neighbour in every round.
-    """
+    """Seconds per call of each step for ``rounds`` rounds after warm-up, round i in the i-th of
+    ``balanced_orders`` (cyclically): over a whole number of its cycles each step runs right after every other
+    step equally often."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     sync()
     times: Dict[str, List[float]] = {name: [] for name in steps}
-    names = list(steps)
+    orders = balanced_orders(list(steps))
     for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in orders[round_index % len(orders)]:
             step = steps[name]
             start = time.perf_counter()
             step()
