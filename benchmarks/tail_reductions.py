@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 'per-sample kernels_ms': 1e3 * statistics.median(per_sample) / args.calls,
                 'whole tensors_ms': 1e3 * statistics.median(whole) / args.calls,
                 'ratio': median_ratio(per_sample, whole), 'ratio_q1': q1, 'ratio_q3': q3,
-                'picked': 'per-sample kernels' if tail.per_sample_kernels(torch.empty(row_shape, device='meta'))
+                'picked': 'per-sample kernels' if tail.per_sample_kernels(torch.empty(row_shape))
                 else 'whole tensors',
             }
             results.append(row)

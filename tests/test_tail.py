@@ -179,6 +179,14 @@ def test_channels_last_reductions_equal_timm_tail(kind: str, reductions: str, ta
     assert_equal_records(fast, train_steps(reference, x))
 
 
+def test_per_sample_kernels_on_the_cpu_only():
+    """The per-sample loop's size rule holds on the CPU; elsewhere each call is a kernel launch."""
+    large = (8, 64, 56, 56)  # 784 KiB a sample in fp32
+    assert tail.per_sample_kernels(torch.empty(large))
+    assert not tail.per_sample_kernels(torch.empty(large, dtype=torch.bfloat16)[:, :16])
+    assert not tail.per_sample_kernels(torch.empty(large, device='meta'))
+
+
 # (torch.compile tracing, memory format, the channels_last threshold)
 STATISTICS_FORMS = {
     'eager-nchw': (False, torch.contiguous_format, 0),

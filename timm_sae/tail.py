@@ -22,8 +22,8 @@ Here the tail never materialises ``x`` for autograd:
   the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``;
 * traced by torch.compile, the per-(n, c) moments are one ``var_mean`` and (channels_last) the sums plain
   reductions, which Inductor fuses; eager, norm kernels compute them faster than those ops would, except for
-  small channels_last samples, where a norm kernel per sample costs more calls than whole-tensor reductions
-  (``PER_SAMPLE_KERNELS_FROM_BYTES``).
+  small channels_last samples (and on devices other than the CPU), where a norm kernel per sample costs more
+  calls than whole-tensor reductions (``PER_SAMPLE_KERNELS_FROM_BYTES``).
 
 The excitation between the two Functions (SaE's branches, SE's MLP, ECA's conv) stays ordinary modules:
 autograd gives their parameters their gradients as before. BatchNorm's running statistics are updated
@@ -67,16 +67,19 @@ def _stats_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.promote_types(z.dtype, torch.float32)
 
 
-# channels_last, eager: a sample (C, H, W) of at least this many bytes takes the per-sample norm kernels, which
-# read z once, for the backward's sums (and, in fp32 / fp64, the statistics); a smaller one whole-tensor
-# reductions, fewer calls whose fixed cost is lower (benchmarks/tail_reductions.py measures both across the
-# family's block shapes)
+# channels_last, eager, on the CPU: a sample (C, H, W) of at least this many bytes takes the per-sample norm
+# kernels, which read z once, for the backward's sums (and, in fp32 / fp64, the statistics); a smaller one
+# whole-tensor reductions, fewer calls whose fixed cost is lower (benchmarks/tail_reductions.py measures both
+# across the family's block shapes). Other devices take the whole-tensor reductions at every size: there each
+# call is a kernel launch, and a batch of 128 would make 128 of them per reduction (benchmarks/gpu_run.sh times
+# the result)
 PER_SAMPLE_KERNELS_FROM_BYTES = 1 << 19
 
 
 def per_sample_kernels(z: torch.Tensor) -> bool:
-    """Whether the eager channels_last tail reduces ``z`` per sample (``PER_SAMPLE_KERNELS_FROM_BYTES``)."""
-    return z.numel() // z.shape[0] * z.element_size() >= PER_SAMPLE_KERNELS_FROM_BYTES
+    """Whether the eager channels_last tail reduces ``z`` per sample: on the CPU, from
+    ``PER_SAMPLE_KERNELS_FROM_BYTES`` a sample."""
+    return z.device.type == 'cpu' and z.numel() // z.shape[0] * z.element_size() >= PER_SAMPLE_KERNELS_FROM_BYTES
 
 
 def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
