@@ -64,14 +64,7 @@ def balanced_orders(names: Sequence[str]) -> List[List[str]]:
     step alike. Rotating one order (A B C, B C A, C A B) does not: C always runs after B.
     """
     count = len(names)
-    first = [0]
-    low, high = 1, count - 1
-    while len(first) < count:
-        first.append(low)
-        low += 1
-        if len(first) < count:
-            first.append(high)
-            high -= 1
+    first = [0] + [(k + 1) // 2 if k % 2 else count - k // 2 for k in range(1, count)]  # 0, 1, n-1, 2, n-2, ...
     rows = [[(shift + index) % count for index in first] for shift in range(count)]
     if count % 2:
         rows += [row[::-1] for row in rows]
