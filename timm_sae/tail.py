@@ -177,10 +177,9 @@ def _gate(s: torch.Tensor, residual: bool, keep: Optional[torch.Tensor]) -> torc
 
 def _gated_norm(
         z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor, beta: torch.Tensor,
-        gate: torch.Tensor, dtype: torch.dtype, gamma_r: Optional[torch.Tensor] = None,
+        gate: torch.Tensor, dtype: torch.dtype, gamma_r: torch.Tensor,
 ) -> torch.Tensor:
-    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype`` (``gamma_r``: ``gamma r`` where
-    the caller has it).
+    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype`` (``gamma_r``: ``gamma r``).
 
     Where z is contiguous, an eval-mode BatchNorm over (1, N*C, H, W) with per-(n, c) weight ``gamma G`` and
     bias ``beta G``: centred as BatchNorm computes it, and on the CPU faster than a broadcast multiply-add. Else
@@ -191,8 +190,6 @@ def _gated_norm(
         return torch.batch_norm(
             z.view(1, n * c, h, w), (gamma * gate).reshape(-1), (beta * gate).reshape(-1), mu.repeat(n), var.repeat(n),
             False, 0., eps, False).view_as(z)
-    if gamma_r is None:
-        gamma_r = gamma * torch.rsqrt(var + eps)
     shift = torch.addcmul(beta, mu, gamma_r, value=-1.)
     return _affine(z, (gamma_r * gate).view(n, c, 1, 1), (shift * gate).view(n, c, 1, 1), dtype)
 
@@ -338,12 +335,12 @@ def folded_eval_tail(
         raise TypeError('folded_eval_tail takes a BatchNorm with running statistics')
     gamma, beta = _norm_affine(norm, z)
     mean, var = norm.running_mean, norm.running_var
-    r = torch.rsqrt(var + norm.eps)
+    gamma_r = gamma * torch.rsqrt(var + norm.eps)
     if squeeze is None:
-        squeeze = (z.mean((2, 3), dtype=_stats_dtype(z)) - mean) * (gamma * r) + beta
+        squeeze = (z.mean((2, 3), dtype=_stats_dtype(z)) - mean) * gamma_r + beta
     s = gate.excitation(squeeze.to(z.dtype))
     gated = _gated_norm(z, mean, var, norm.eps, gamma, beta, _gate(s, gate.residual, None),
-                        torch.promote_types(z.dtype, s.dtype))
+                        torch.promote_types(z.dtype, s.dtype), gamma_r)
     return _add_act_(gated, shortcut)
 
 
