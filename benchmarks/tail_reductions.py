@@ -12,11 +12,12 @@ per-sample time / whole-tensor time (> 1: the whole-tensor form is faster) and w
     python benchmarks/tail_reductions.py        # writes benchmarks/results/tail_reductions_cpu.{json,md}
 """
 import argparse
+import contextlib
 import datetime
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 # run as a file (python benchmarks/tail_reductions.py): import the package from the repository
 if __package__ in (None, ''):
@@ -35,28 +36,66 @@ SHAPES: Dict[str, List[Tuple[int, int]]] = {
     'saeresnet18': [(64, 56), (128, 28), (256, 14), (512, 7)],
     'saeresnet50': [(256, 56), (512, 28), (1024, 14), (2048, 7)],
 }
-FORMS = {'per-sample kernels': 0, 'whole tensors': 1 << 62}  # the threshold that forces each form
 
 
-def tail_step(channels: int, size: int, batch_size: int, threshold: int) -> Callable[[], None]:
-    """One tail's forward + backward on a channels_last fp32 ``z``, the reductions forced by ``threshold``."""
+def tail_step(
+        channels: int, size: int, batch_size: int, memory_format: torch.memory_format,
+        form: Callable[[], ContextManager[object]],
+) -> Callable[[], None]:
+    """One tail's forward + backward on an fp32 ``z`` in ``memory_format``, inside ``form()``, which forces one of
+    the tail's choices."""
     generator = torch.Generator().manual_seed(0)
     shape = (batch_size, channels, size, size)
-    z = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last).requires_grad_()
-    shortcut = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    z = torch.randn(shape, generator=generator).contiguous(memory_format=memory_format).requires_grad_()
+    shortcut = torch.randn(shape, generator=generator).contiguous(memory_format=memory_format)
     norm = nn.BatchNorm2d(channels).train()
     gate = tail.gate_of(SqueezeAggregatedExcitation(channels))
     assert gate is not None
-    grad = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=generator).contiguous(memory_format=memory_format)
 
     def step() -> None:
-        saved = tail.PER_SAMPLE_KERNELS_FROM_BYTES
-        tail.PER_SAMPLE_KERNELS_FROM_BYTES = threshold
-        try:
+        with form():
             tail.gated_tail(z, norm, gate, shortcut).backward(grad)
-        finally:
-            tail.PER_SAMPLE_KERNELS_FROM_BYTES = saved
     return step
+
+
+@contextlib.contextmanager
+def per_sample_threshold(threshold: int) -> Iterator[None]:
+    """``PER_SAMPLE_KERNELS_FROM_BYTES`` set to ``threshold`` inside the block."""
+    saved = tail.PER_SAMPLE_KERNELS_FROM_BYTES
+    tail.PER_SAMPLE_KERNELS_FROM_BYTES = threshold
+    try:
+        yield
+    finally:
+        tail.PER_SAMPLE_KERNELS_FROM_BYTES = saved
+
+
+FORMS: Dict[str, Callable[[], ContextManager[object]]] = {
+    'per-sample kernels': lambda: per_sample_threshold(0), 'whole tensors': lambda: per_sample_threshold(1 << 62)}
+
+
+def compare(
+        forms: Dict[str, Callable[[], ContextManager[object]]], memory_format: torch.memory_format,
+        batch_size: int, rounds: int, calls: int,
+) -> List[dict]:
+    """For each shape in ``SHAPES``: the two ``forms``' tail steps interleaved, their median ms a call and the median
+    over rounds of first / second (with quartiles)."""
+    (first, second), results = forms, []
+    for model, shapes in SHAPES.items():
+        for channels, size in shapes:
+            steps = {}
+            for name, form in forms.items():
+                step = tail_step(channels, size, batch_size, memory_format, form)
+                steps[name] = lambda step=step: [step() for _ in range(calls)]
+            times = time_interleaved(steps, rounds=rounds, warmup=2)
+            q1, q3 = quartiles([a / b for a, b in zip(times[first], times[second], strict=True)])
+            row = {'model': model, 'shape': [batch_size, channels, size, size],
+                   'sample_bytes': channels * size * size * 4}
+            row.update({f'{name}_ms': 1e3 * statistics.median(times[name]) / calls for name in forms})
+            row.update({'ratio': median_ratio(times[first], times[second]), 'ratio_q1': q1, 'ratio_q3': q3})
+            results.append(row)
+            print(row, flush=True)
+    return results
 
 
 def markdown(report: dict) -> str:
@@ -88,27 +127,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--calls', type=int, default=10, help='calls per form per round')
     parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'tail_reductions_cpu.json')
     args = parser.parse_args(argv)
-    results = []
-    for model, shapes in SHAPES.items():
-        for channels, size in shapes:
-            steps = {}
-            for form, threshold in FORMS.items():
-                step = tail_step(channels, size, args.batch_size, threshold)
-                steps[form] = lambda step=step: [step() for _ in range(args.calls)]
-            times = time_interleaved(steps, rounds=args.rounds, warmup=2)
-            per_sample, whole = times['per-sample kernels'], times['whole tensors']
-            q1, q3 = quartiles([p / w for p, w in zip(per_sample, whole, strict=True)])
-            row_shape = (args.batch_size, channels, size, size)
-            row = {
-                'model': model, 'shape': list(row_shape), 'sample_bytes': channels * size * size * 4,
-                'per-sample kernels_ms': 1e3 * statistics.median(per_sample) / args.calls,
-                'whole tensors_ms': 1e3 * statistics.median(whole) / args.calls,
-                'ratio': median_ratio(per_sample, whole), 'ratio_q1': q1, 'ratio_q3': q3,
-                'picked': 'per-sample kernels' if tail.per_sample_kernels(torch.empty(row_shape))
-                else 'whole tensors',
-            }
-            results.append(row)
-            print(row, flush=True)
+    results = compare(FORMS, torch.channels_last, args.batch_size, args.rounds, args.calls)
+    for row in results:
+        picked = tail.per_sample_kernels(torch.empty(row['shape']))
+        row['picked'] = 'per-sample kernels' if picked else 'whole tensors'
     versions, hardware = environment('cpu')
     report = {
         'command': command_line(__file__, sys.argv[1:] if argv is None else argv),

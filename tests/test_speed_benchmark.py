@@ -13,7 +13,7 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import common, inductor_block, profile_speed, speed, speed_report, tail_reductions
+from benchmarks import common, inductor_block, profile_speed, speed, speed_report, tail_affine, tail_reductions
 from timm_sae import tail
 
 QUICK_COMPILE = ['--quick', '--compile', '--compile-backend', 'aot_eager']
@@ -260,3 +260,26 @@ def test_compiled_only_plans_the_compiled_modes_alone(tmp_path, monkeypatch):
     assert speed.main(['--quick', '--compile', '--compiled-only', '--out', str(out)]) == 0
     assert ran == [('resnet18', 'infer-nchw', 'inductor')]
     assert json.loads(out.read_text())['planned'] == ['resnet18 infer-nchw compile (inductor)']
+
+
+def test_committed_tail_affine_matches_its_json(tmp_path):
+    """tail_affine.py's committed table is its JSON's; a run writes one row a shape, both forms timed."""
+    json_path = common.RESULTS_DIR / 'tail_affine_cpu.json'
+    report = json.loads(json_path.read_text())
+    assert tail_affine.markdown(report) == json_path.with_suffix('.md').read_text()
+    out = tmp_path / 'affine.json'
+    assert tail_affine.main(['--rounds', '1', '--calls', '1', '--batch-size', '2', '--out', str(out)]) == 0
+    rows = json.loads(out.read_text())['results']
+    assert len(rows) == len(report['results']) == sum(map(len, tail_reductions.SHAPES.values()))
+    assert all(row['addcmul_ms'] > 0 and row['BatchNorm kernel_ms'] > 0 for row in rows)
+
+
+def test_tail_affine_times_the_addcmul_form():
+    """The 'addcmul' form stands addcmul in for the tail's ``_affine`` inside its block only; the other form is the
+    tail as it is."""
+    affine = tail._affine
+    with tail_affine.FORMS['addcmul']():
+        assert tail._affine is tail_affine.addcmul_affine
+    with tail_affine.FORMS['BatchNorm kernel']():
+        assert tail._affine is affine
+    assert tail._affine is affine is not tail_affine.addcmul_affine

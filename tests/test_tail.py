@@ -187,6 +187,22 @@ def test_per_sample_kernels_on_the_cpu_only():
     assert not tail.per_sample_kernels(torch.empty(large, device='meta'))
 
 
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_affine_equals_addcmul_bit_for_bit(dtype, memory_format):
+    """``z a + b`` as the tail forms it (NCHW: a BatchNorm kernel; else addcmul) is addcmul's, bit for bit, in z's
+    layout, with a per-channel ``a`` and a per-(n, c) ``b`` (the statistics' gradient ``c1 z + c0``)."""
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 6, 5, 7, generator=generator).to(dtype).contiguous(memory_format=memory_format)
+    a = torch.randn(6, 1, 1, generator=generator, dtype=tail._stats_dtype(z))
+    b = torch.randn(4, 6, 1, 1, generator=generator, dtype=tail._stats_dtype(z))
+    out = tail._affine(z, a, b, z.dtype)
+    expected = torch.addcmul(b, z.to(a.dtype), a).to(dtype)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=memory_format)
+    assert torch.equal(out, expected)
+
+
 # (torch.compile tracing, memory format, the channels_last threshold)
 STATISTICS_FORMS = {
     'eager-nchw': (False, torch.contiguous_format, 0),
