@@ -33,8 +33,10 @@ Every form is exact (the tests compare values, gradients and running statistics)
 unchanged: where something looks, ``self.se(x, z)`` runs and returns the gated map (N, C, H, W), as SE's
 ``self.se(x)`` does. Without autograd the layer gates in place in the block's BatchNorm output, so a
 forward hook on bn3 that keeps that tensor sees it gated afterwards (clone it in the hook).
-``set_fast_tail(model, False)`` gives every SaE block timm's own tail (the reference of the tests and benchmarks).
+``set_fast_tail(model, False)`` gives every SaE block timm's own tail (the reference of the tests and benchmarks);
+``set_triton_tail(model, True)`` the training tail's Triton kernels on CUDA (``timm_sae.tail_triton``, off by default).
 """
+import importlib.util
 from typing import Optional, Union
 
 import torch
@@ -102,7 +104,7 @@ def _fast_forms(
     if block.downsample is not None:
         shortcut = block.downsample(shortcut)
     if training:
-        return gated_tail(z, norm, gate, shortcut, block.drop_path)
+        return gated_tail(z, norm, gate, shortcut, block.drop_path, block.triton_tail)
     return folded_eval_tail(z, norm, gate, shortcut, squeeze)
 
 
@@ -116,6 +118,7 @@ class GatedBottleneck(Bottleneck):
     fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
     # under torch.compile: True / False the exact training tail always / never; None: channels_last only
     compiled_tail: Optional[bool] = None
+    triton_tail: bool = False  # the training tail's Triton kernels on CUDA tensors (set_triton_tail)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -172,6 +175,7 @@ class GatedBasicBlock(BasicBlock):
     fast_tail: bool = True  # False: timm's own tail (the reference the fast tails are exact against)
     # under torch.compile: True / False the exact training tail always / never; None: channels_last only
     compiled_tail: Optional[bool] = None
+    triton_tail: bool = False  # the training tail's Triton kernels on CUDA tensors (set_triton_tail)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -206,4 +210,16 @@ def set_fast_tail(model: nn.Module, enabled: bool) -> int:
     blocks = [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
     for block in blocks:
         block.fast_tail = enabled
+    return len(blocks)
+
+
+def set_triton_tail(model: nn.Module, enabled: bool) -> int:
+    """Give the gated blocks of ``model`` the training tail's Triton kernels (``timm_sae.tail_triton``) where ``z`` is
+    a CUDA tensor, or take them away; returns how many blocks. Off by default until measured faster on a GPU."""
+    if enabled and importlib.util.find_spec('triton') is None:
+        raise RuntimeError(
+            'set_triton_tail needs Triton, which comes with PyTorch\'s CUDA wheels on Linux: pip install triton')
+    blocks = [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
+    for block in blocks:
+        block.triton_tail = enabled
     return len(blocks)

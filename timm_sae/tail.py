@@ -82,11 +82,14 @@ def per_sample_kernels(z: torch.Tensor) -> bool:
     return z.device.type == 'cpu' and z.numel() // z.shape[0] * z.element_size() >= PER_SAMPLE_KERNELS_FROM_BYTES
 
 
-def _moments(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _moments(z: torch.Tensor, triton: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(m, mu, var): per-(n, c) spatial means, per-channel batch mean and biased variance of ``z``, in
-    ``_stats_dtype``, as accurate as BatchNorm's own."""
+    ``_stats_dtype``, as accurate as BatchNorm's own (``triton``: by ``tail_triton``'s kernel)."""
     n, c, h, w = z.shape
-    if torch.compiler.is_compiling():
+    if triton:
+        from . import tail_triton
+        m, sample_var = tail_triton.sample_moments(z, _stats_dtype(z))
+    elif torch.compiler.is_compiling():
         # Inductor: one Welford reduction per (n, c) in either layout, accumulated in fp32 for bf16 / fp16
         sample_var, m = torch.var_mean(z.to(_stats_dtype(z)), dim=(2, 3), correction=0)
     elif z.dtype in (torch.float32, torch.float64):
@@ -127,9 +130,9 @@ class _NormSqueeze(torch.autograd.Function):
 
     @staticmethod
     def forward(
-            ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
+            ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, triton: bool,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        m, mu, var = _moments(z)
+        m, mu, var = _moments(z, triton)
         r = torch.rsqrt(var + eps)
         gamma_r = gamma * r
         centred = m - mu
@@ -148,7 +151,7 @@ class _NormSqueeze(torch.autograd.Function):
         # (dm + (dmu - sum_n dm) / N - c1 HW mu) / HW, with the squeeze's own share of dmu
         c0 = torch.addcmul((d_mu - d_m.sum(0)).div_(n), c1, mu, value=-h * w).add(d_m).div_(h * w)
         dz = _affine(z, c1.view(c, 1, 1), c0.view(n, c, 1, 1), z.dtype)
-        return dz, d_gamma_r * r, d_squeeze.sum(0), None
+        return dz, d_gamma_r * r, d_squeeze.sum(0), None, None
 
 
 def _affine(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -217,15 +220,20 @@ class _GatedNormAct(torch.autograd.Function):
     def forward(
             ctx, z: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
             var: torch.Tensor, r: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool,
-            eps: float,
+            eps: float, triton: bool,
     ) -> torch.Tensor:
         gate = _gate(s, residual, keep)
         gamma_r = gamma * r
-        gated = _gated_norm(z, mu, var, eps, gamma, beta, gate, torch.promote_types(z.dtype, s.dtype), gamma_r)
-        out = _add_act_(gated, shortcut)
+        dtype = torch.promote_types(z.dtype, s.dtype)
+        if triton:
+            from . import tail_triton
+            shift = torch.addcmul(beta, mu, gamma_r, value=-1.)
+            out = tail_triton.gated_norm_act(z, gamma_r * gate, shift * gate, shortcut, dtype)
+        else:
+            out = _add_act_(_gated_norm(z, mu, var, eps, gamma, beta, gate, dtype, gamma_r), shortcut)
         # s rather than G: the excitation keeps s for its own backward already
         ctx.save_for_backward(z, out, s, keep, gamma, gamma_r, beta, mu, var, r)
-        ctx.residual, ctx.eps = residual, eps
+        ctx.residual, ctx.eps, ctx.triton = residual, eps, triton
         return out
 
     @staticmethod
@@ -233,20 +241,14 @@ class _GatedNormAct(torch.autograd.Function):
         z, out, s, keep, gamma, gamma_r, beta, mu, var, r = ctx.saved_tensors
         n, c, h, w = z.shape
         gate = _gate(s, ctx.residual, keep)
-        g = torch.ops.aten.threshold_backward(dout, out, 0)
-        if z.is_contiguous() and g.is_contiguous():
-            # one eval-mode BatchNorm backward over (1, N*C, H, W): g gamma G r, sum g (z - mu) r, sum g
-            dz, b_sum, a_sum = torch.ops.aten.native_batch_norm_backward(
-                g.view(1, n * c, h, w), z.view(1, n * c, h, w), (gamma * gate).to(r.dtype).flatten(), mu.repeat(n),
-                var.repeat(n), None, None, False, ctx.eps, [True, True, True])
-            dz = dz.view_as(z)
-            a_sum, b_sum = a_sum.view(n, c), b_sum.view(n, c)
-        else:
-            # channels_last: the sums (per sample for large samples, eager), then g gamma G r in one pass; compiled,
-            # Inductor fuses both sums into one reduction and dz into one pointwise pass
-            a_sum, b_sum = _per_sample_sums(g, z, mu, var, ctx.eps) \
-                if per_sample_kernels(z) and not torch.compiler.is_compiling() else _plain_sums(g, z, mu, r)
+        if ctx.triton:
+            from . import tail_triton
+            g, a_sum, centred_sum = tail_triton.gated_norm_act_backward(dout, out, z, mu)
+            b_sum = centred_sum * r
             dz = _scaled(g, (gamma_r * gate).view(n, c, 1, 1), z.dtype)
+        else:
+            g = torch.ops.aten.threshold_backward(dout, out, 0)
+            dz, a_sum, b_sum = _norm_backward(g, z, gamma, gamma_r, gate, mu, var, r, ctx.eps)
         d_gate = torch.addcmul(beta * a_sum, gamma, b_sum)  # d out / d G = x = gamma xhat + beta
         d_s = d_gate if keep is None else d_gate * keep.view(-1, 1)
         d_gamma = (gate * b_sum).sum(0)
@@ -254,7 +256,7 @@ class _GatedNormAct(torch.autograd.Function):
         # d out / d r = gamma G (z - mu), d r / d var = -r^3 / 2
         d_var = torch.mul(gamma_r * r, d_gamma).mul_(-0.5)
         return dz, d_s.to(s.dtype).view(s.shape), d_gamma, d_beta, -gamma_r * d_beta, d_var, None, g, \
-            None, None, None
+            None, None, None, None
 
 
 def _scaled(g: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -262,6 +264,25 @@ def _scaled(g: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     if torch.compiler.is_compiling() or g.dtype == a.dtype == dtype:
         return (g * a).to(dtype)
     return torch.mul(g, a, out=torch.empty_like(g, dtype=dtype))
+
+
+def _norm_backward(
+        g: torch.Tensor, z: torch.Tensor, gamma: torch.Tensor, gamma_r: torch.Tensor, gate: torch.Tensor,
+        mu: torch.Tensor, var: torch.Tensor, r: torch.Tensor, eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g gamma G r, sum_hw g, sum_hw g (z - mu) r): the gated norm's backward from ``g``, by PyTorch's kernels."""
+    n, c, h, w = z.shape
+    if z.is_contiguous() and g.is_contiguous():
+        # one eval-mode BatchNorm backward over (1, N*C, H, W): g gamma G r, sum g (z - mu) r, sum g
+        dz, b_sum, a_sum = torch.ops.aten.native_batch_norm_backward(
+            g.view(1, n * c, h, w), z.view(1, n * c, h, w), (gamma * gate).to(r.dtype).flatten(), mu.repeat(n),
+            var.repeat(n), None, None, False, eps, [True, True, True])
+        return dz.view_as(z), a_sum.view(n, c), b_sum.view(n, c)
+    # channels_last: the sums (per sample for large samples, eager), then g gamma G r in one pass; compiled,
+    # Inductor fuses both sums into one reduction and dz into one pointwise pass
+    a_sum, b_sum = _per_sample_sums(g, z, mu, var, eps) \
+        if per_sample_kernels(z) and not torch.compiler.is_compiling() else _plain_sums(g, z, mu, r)
+    return _scaled(g, (gamma_r * gate).view(n, c, 1, 1), z.dtype), a_sum, b_sum
 
 
 def _plain_sums(
@@ -309,12 +330,13 @@ def _drop_path_keep(drop_path: Optional[nn.Module], z: torch.Tensor) -> Optional
 
 def gated_tail(
         z: torch.Tensor, norm: nn.Module, gate: Gate, shortcut: torch.Tensor,
-        drop_path: Optional[nn.Module] = None,
+        drop_path: Optional[nn.Module] = None, triton: bool = False,
 ) -> torch.Tensor:
     """``relu(G x [* drop_path] + shortcut)``, ``x = norm(z)`` with batch statistics, G the gate of ``mean_hw(x)``.
 
     Exact (values, gradients, running statistics) against the modules it stands in for, in training; keeps
-    ``z`` and the output only. ``fused_tail`` says where it applies.
+    ``z`` and the output only. ``fused_tail`` says where it applies. ``triton``: ``tail_triton``'s kernels where
+    they run (CUDA, eager).
     """
     if not isinstance(norm, _BatchNorm):
         raise TypeError(f'gated_tail takes a BatchNorm, got {type(norm).__name__}')
@@ -322,7 +344,8 @@ def gated_tail(
     if count == 1:  # as nn.BatchNorm2d says it
         raise ValueError(f'Expected more than 1 value per channel when training, got input size {z.size()}')
     gamma, beta = _norm_affine(norm, z)
-    squeeze, mu, var, r = _NormSqueeze.apply(z, gamma, beta, norm.eps)
+    triton = triton and not torch.compiler.is_compiling() and _triton_runs_on(z)
+    squeeze, mu, var, r = _NormSqueeze.apply(z, gamma, beta, norm.eps, triton)
     running_mean, running_var = norm.running_mean, norm.running_var
     if norm.track_running_stats and running_mean is not None and running_var is not None:
         factor = _momentum(norm)
@@ -331,7 +354,12 @@ def gated_tail(
             running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), factor)
     s = gate.excitation(squeeze.to(z.dtype))
     keep = _drop_path_keep(drop_path, z)
-    return _GatedNormAct.apply(z, s, gamma, beta, mu, var, r, shortcut, keep, gate.residual, norm.eps)
+    return _GatedNormAct.apply(z, s, gamma, beta, mu, var, r, shortcut, keep, gate.residual, norm.eps, triton)
+
+
+def _triton_runs_on(z: torch.Tensor) -> bool:
+    from . import tail_triton
+    return tail_triton.runs_on(z)
 
 
 def folded_eval_tail(
