@@ -26,7 +26,8 @@
 # at a time; no new run starts after 240 s. Returns warm_start.json.
 # speed: bf16 autocast, channels_last, 224 px, inference batch 256 and training batch 128, eager then
 # torch.compile (inductor): saeresnet50 vs saeresnet50 with timm's tail (before / after the exact tail and
-# the folded eval gate) vs seresnet50 vs resnet50; the ResNeXt twins likewise; seresnet50 and ecaresnet50d
+# the folded eval gate) vs seresnet50 vs resnet50; saeresnet50 with the tail's Triton kernels
+# (timm_sae.set_triton_tail) vs without, eager training; the ResNeXt twins likewise; seresnet50 and ecaresnet50d
 # accelerated (timm_sae.accelerate) vs timm's vs their plain twins. Peak memory (max_memory_allocated) and,
 # in eager training, the activation memory kept for the backward. speed.py rewrites its JSON and table after
 # every mode, in the order eager (8 modes), then compiled; it gets the time left, and a cut takes only the
@@ -77,7 +78,8 @@ for part; do
         ;;
     speed)
         timeout "$left" python3 benchmarks/speed.py --device cuda --batch-size 256 --train-batch-size 128 \
-            --rounds 21 --warmup 5 --pairs resnet50 resnext50 seresnet50 ecaresnet50d --modes train-cl infer-cl --compile \
+            --rounds 21 --warmup 5 --pairs resnet50 resnet50_triton resnext50 seresnet50 ecaresnet50d \
+            --modes train-cl infer-cl --compile resnet50 resnext50 seresnet50 ecaresnet50d \
             --out "$OUT/speed_cuda.json" >>"$log" 2>&1
         ;;
     accuracy)

@@ -164,8 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for e in pair.entries:
         print(f'{e.label} ...', flush=True)
         torch._dynamo.reset()
-        setting = Setting(e.model, e.bn_folded, e.timm_tail, e.accelerated, task, channels_last, backend,
-                          args.batch_size, args.img_size, args.device, precision, torch.get_num_threads())
+        setting = Setting(e.model, e.bn_folded, e.timm_tail, e.accelerated, e.triton_tail, task, channels_last,
+                          backend, args.batch_size, args.img_size, args.device, precision, torch.get_num_threads())
         models[e.label] = profile_model(setting, args.warmup, args.steps, args.top)
         print(f"  {models[e.label]['step_ms_profiled']:.1f} ms per profiled step", flush=True)
     report = {

@@ -61,7 +61,7 @@ from benchmarks.environment import command_line, environment
 from benchmarks.kept_memory import kept_activation_bytes
 from benchmarks.speed_pairs import MODES, PAIRS
 from benchmarks.speed_report import compile_flags, write_tables
-from timm_sae import accelerate, set_fast_tail
+from timm_sae import accelerate, set_fast_tail, set_triton_tail
 from timm_sae.fuse import fuse_batchnorm
 from timm_sae.measure import describe, median_ratio, quartiles, time_interleaved
 
@@ -94,6 +94,7 @@ class Setting:
     bn_folded: bool
     timm_tail: bool
     accelerated: bool
+    triton_tail: bool
     task: str
     channels_last: bool
     backend: str  # 'eager' or a torch.compile backend
@@ -114,6 +115,8 @@ def build_model(s: Setting) -> Tuple[torch.nn.Module, torch.Tensor]:
         raise ValueError(f'{s.model} has no SaE block whose tail could be timm\'s')
     if s.accelerated and not accelerate(model).acceleration.converted:
         raise ValueError(f'{s.model} has no block that timm_sae.accelerate converts')
+    if s.triton_tail and not set_triton_tail(model, True):
+        raise ValueError(f'{s.model} has no gated block whose tail could take the Triton kernels')
     if s.bn_folded:
         model = fuse_batchnorm(model.eval())
     model = model.to(device=device, memory_format=memory_format)
@@ -297,8 +300,8 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
     batch_size = args.train_batch_size if task == 'train' else args.batch_size
     settings = {
         e.label: Setting(
-            e.model, e.bn_folded, e.timm_tail, e.accelerated, task, channels_last, backend, batch_size, args.img_size,
-            args.device, args.precision, torch.get_num_threads())
+            e.model, e.bn_folded, e.timm_tail, e.accelerated, e.triton_tail, task, channels_last, backend, batch_size,
+            args.img_size, args.device, args.precision, torch.get_num_threads())
         for e in pair.entries}
     compiled: Dict[str, dict] = {}
     if backend == 'eager':
@@ -327,6 +330,7 @@ def run_mode(pair_name: str, mode: str, backend: str, args: argparse.Namespace) 
             'bn_folded': e.bn_folded,
             'timm_tail': e.timm_tail,
             'accelerated': e.accelerated,
+            'triton_tail': e.triton_tail,
             'round_times_s': t,
             'median_s': statistics.median(t),
             'images_per_s': batch_size / statistics.median(t),
@@ -413,6 +417,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         (pair, mode, backend) for backend in backends for pair in args.pairs
         for mode in args.modes if MODES[mode][0] in PAIRS[pair].tasks and (backend == 'eager' or pair in compile_pairs)]
     cuda = args.device.startswith('cuda')
+    triton_pairs = [p for p in args.pairs if any(e.triton_tail for e in PAIRS[p].entries)]
+    if triton_pairs and not cuda:
+        raise SystemExit(f'{", ".join(triton_pairs)} times the Triton tail, which runs on CUDA tensors only: '
+                         'leave it out of --pairs, or give --device cuda')
     names = dict.fromkeys(e.model for p in args.pairs for e in PAIRS[p].entries)
     report = {
         'command': command_line(__file__, argv),

@@ -14,6 +14,7 @@ class Entry:
     bn_folded: bool = False
     timm_tail: bool = False
     accelerated: bool = False  # timm_sae.accelerate(model): timm's SE / ECA blocks in the exact fast forms
+    triton_tail: bool = False  # timm_sae.set_triton_tail(model, True): the training tail's Triton kernels (CUDA)
 
     @property
     def label(self) -> str:
@@ -21,6 +22,8 @@ class Entry:
             return f'{self.model} (timm tail)'
         if self.accelerated:
             return f'{self.model} (accelerated)'
+        if self.triton_tail:
+            return f'{self.model} (Triton tail)'
         return f'{self.model} (BN folded)' if self.bn_folded else self.model
 
 
@@ -42,6 +45,13 @@ PAIRS: Dict[str, Pair] = {
     'resnet50': Pair(
         (Entry('saeresnet50'), Entry('saeresnet50', timm_tail=True), Entry('seresnet50'), Entry('resnet50')),
         ('saeresnet50 (timm tail)', 'seresnet50', 'resnet50'), note=TIMM_TAIL_NOTE.format(model='saeresnet50'),
+    ),
+    'resnet50_triton': Pair(
+        (Entry('saeresnet50', triton_tail=True), Entry('saeresnet50'), Entry('saeresnet50', timm_tail=True),
+         Entry('resnet50')),
+        ('saeresnet50', 'saeresnet50 (timm tail)', 'resnet50'), tasks=('train',),
+        note='saeresnet50 (Triton tail): the same model with timm_sae.set_triton_tail(model, True), the exact '
+             'training tail\'s Triton kernels (CUDA only; eager: torch.compile traces the PyTorch forms).',
     ),
     'resnet18': Pair(
         (Entry('saeresnet18'), Entry('saeresnet18', timm_tail=True), Entry('seresnet18'), Entry('resnet18')),

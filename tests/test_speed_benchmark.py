@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import common, inductor_block, profile_speed, speed, speed_report, tail_affine, tail_reductions
+from benchmarks.speed_pairs import PAIRS
 from timm_sae import tail
 
 QUICK_COMPILE = ['--quick', '--compile', '--compile-backend', 'aot_eager']
@@ -202,7 +203,8 @@ def test_compile_model_stops_a_model_that_keeps_compiling(monkeypatch):
     events = iter(range(100))
     monkeypatch.setattr(speed, 'build_step', lambda s: lambda: None)
     monkeypatch.setattr(speed, 'compile_events', lambda: next(events))
-    setting = speed.Setting('resnet18', False, False, False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
+    setting = speed.Setting(
+        'resnet18', False, False, False, False, 'infer', False, 'aot_eager', 2, 32, 'cpu', 'fp32', 1)
     with pytest.raises(RuntimeError, match=f'still compiles after {speed.MAX_COMPILE_CALLS} calls'):
         speed.compile_model(setting)
 
@@ -283,3 +285,10 @@ def test_tail_affine_times_the_addcmul_form():
     with tail_affine.FORMS['BatchNorm kernel']():
         assert tail._affine is affine
     assert tail._affine is affine is not tail_affine.addcmul_affine
+
+
+def test_triton_pair_needs_cuda():
+    """The Triton tail's pair is refused on the CPU with what to do, before anything is built or timed."""
+    assert PAIRS['resnet50_triton'].entries[0].label == 'saeresnet50 (Triton tail)'
+    with pytest.raises(SystemExit, match='CUDA tensors only: leave it out of --pairs'):
+        speed.main(['--device', 'cpu', '--pairs', 'resnet50_triton', '--modes', 'train-cl', '--rounds', '2'])
