@@ -83,7 +83,8 @@ def test_triton_statistics_as_accurate_as_batchnorm_float32(memory_format, inter
 
 
 def test_triton_bf16_within_bf16_rounding(interpreted: List[str]):
-    """bf16 z and shortcut: output and gradients within a bf16 rounding of the PyTorch forms' (fp32 sums)."""
+    """bf16 z and shortcut: output and gradients within two bf16 roundings of the PyTorch forms' (fp32 sums): Triton's
+    interpreter casts fp32 to bf16 by truncation, where compiled kernels round to nearest as PyTorch does."""
     results = {}
     for triton in (True, False):
         torch.manual_seed(0)
@@ -96,7 +97,7 @@ def test_triton_bf16_within_bf16_rounding(interpreted: List[str]):
     assert sorted(interpreted) == sorted(KERNELS)
     for triton_result, torch_result in zip(results[True], results[False], strict=True):
         assert triton_result.dtype == torch_result.dtype
-        assert relative_error(triton_result.float(), torch_result.float()) <= 2 ** -7
+        assert relative_error(triton_result.float(), torch_result.float()) <= 2 ** -6
 
 
 def test_triton_tail_off_by_default_and_on_cuda_only(interpreted: List[str], monkeypatch):
@@ -123,11 +124,11 @@ def test_triton_backward_takes_any_gradient_layout():
     from timm_sae import tail_triton
     generator = torch.Generator().manual_seed(0)
     z, out = (torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=generator) for _ in range(2))
-    mu = torch.randn(3, dtype=torch.float64, generator=generator)
+    mu, a = torch.randn(3, dtype=torch.float64, generator=generator), torch.randn(2, 3, dtype=torch.float64)
     for dout in (torch.ones(()).double().expand_as(z),
                  torch.randn(2, 3, 5, 4, dtype=torch.float64, generator=generator).transpose(2, 3)):
-        g, g_sum, centred_sum = tail_triton.gated_norm_act_backward(dout, out, z, mu)
+        g, dz, g_sum, centred_sum = tail_triton.gated_norm_act_backward(dout, out, z, a, mu)
         expected = torch.ops.aten.threshold_backward(dout, out, 0)
-        assert torch.equal(g, expected)
+        assert torch.equal(g, expected) and torch.equal(dz, expected * a[:, :, None, None])
         assert relative_error(g_sum, expected.sum((2, 3))) < 1e-12
         assert relative_error(centred_sum, (expected * (z - mu.view(-1, 1, 1))).sum((2, 3))) < 1e-12

@@ -243,9 +243,8 @@ class _GatedNormAct(torch.autograd.Function):
         gate = _gate(s, ctx.residual, keep)
         if ctx.triton:
             from . import tail_triton
-            g, a_sum, centred_sum = tail_triton.gated_norm_act_backward(dout, out, z, mu)
+            g, dz, a_sum, centred_sum = tail_triton.gated_norm_act_backward(dout, out, z, gamma_r * gate, mu)
             b_sum = centred_sum * r
-            dz = _scaled(g, (gamma_r * gate).view(n, c, 1, 1), z.dtype)
         else:
             g = torch.ops.aten.threshold_backward(dout, out, 0)
             dz, a_sum, b_sum = _norm_backward(g, z, gamma, gamma_r, gate, mu, var, r, ctx.eps)

@@ -5,14 +5,15 @@ is a CUDA tensor (elsewhere, and under torch.compile, the PyTorch forms run). Pe
 
     forward   sample_moments            reads z twice (the per-(n, c) mean, then the spread about it)
               gated_norm_act            reads z and the shortcut, writes out = relu(z a + b + shortcut)
-    backward  gated_norm_act_backward   reads dout, out and z, writes g = dout [out > 0]; sums g and g (z - mu)
+    backward  gated_norm_act_backward   reads dout, out and z, writes g = dout [out > 0] (the shortcut's gradient)
+                                        and g a (z's); sums g and g (z - mu)
 
-with per-(n, c) ``a``, ``b`` and per-channel ``mu`` from the tail's small tensors; the gradient of ``z`` then
-takes one PyTorch pass (``g a``), as it does without them. Every sum is accumulated in fp32 (fp64 for fp64), and
-the per-(n, c) variance is taken about the sample's mean, so a channel whose mean is large against its spread
-keeps its digits. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors: the tests check them there
-against the PyTorch forms. They stay off by default until a GPU run measures them faster
-(``benchmarks/gpu_run.sh`` times both).
+with per-(n, c) ``a``, ``b`` and per-channel ``mu`` from the tail's small tensors. The statistics' share of z's
+gradient (``c1 z + c0``) stays one PyTorch pass, as it is without them. Every sum is accumulated in fp32 (fp64
+for fp64), and the per-(n, c) variance is taken about the sample's mean, so a channel whose mean is large
+against its spread keeps its digits. Under ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors: the
+tests check them there against the PyTorch forms. They stay off by default until a GPU run measures them
+faster (``benchmarks/gpu_run.sh`` times both).
 """
 from typing import Tuple
 
@@ -134,14 +135,15 @@ def gated_norm_act(
 
 @triton.jit
 def _gated_norm_act_backward_kernel(
-        dout_ptr, out_ptr, z_ptr, g_ptr, mu_ptr, g_sum_ptr, centred_sum_ptr, C, HW,
-        d_sn, d_sc, d_shw, o_sn, o_sc, o_shw, z_sn, z_sc, z_shw, g_sn, g_sc, g_shw,
+        dout_ptr, out_ptr, z_ptr, g_ptr, dz_ptr, a_ptr, mu_ptr, g_sum_ptr, centred_sum_ptr, C, HW,
+        d_sn, d_sc, d_shw, o_sn, o_sc, o_shw, z_sn, z_sc, z_shw, g_sn, g_sc, g_shw, dz_sn, dz_sc, dz_shw,
         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
     n = tl.program_id(0)
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     mu = tl.load(mu_ptr + channels, mask=channel_mask, other=0.).to(ACC)
+    a = tl.load(a_ptr + n * C + channels, mask=channel_mask, other=0.).to(ACC)
     g_total = tl.zeros([BLOCK_C], dtype=ACC)
     centred_total = tl.zeros([BLOCK_C], dtype=ACC)
     for start in range(0, HW, BLOCK_HW):
@@ -152,6 +154,8 @@ def _gated_norm_act_backward_kernel(
         z = tl.load(z_ptr + n * z_sn + channels[:, None] * z_sc + pixels[None, :] * z_shw, mask=mask, other=0.)
         g = tl.where(out > 0., dout, 0.).to(g_ptr.dtype.element_ty)
         tl.store(g_ptr + n * g_sn + channels[:, None] * g_sc + pixels[None, :] * g_shw, g, mask=mask)
+        tl.store(dz_ptr + n * dz_sn + channels[:, None] * dz_sc + pixels[None, :] * dz_shw,
+                 (g.to(ACC) * a[:, None]).to(dz_ptr.dtype.element_ty), mask=mask)
         g_total += tl.sum(g.to(ACC), axis=1)
         centred_total += tl.sum(tl.where(mask, g.to(ACC) * (z.to(ACC) - mu[:, None]), 0.), axis=1)
     tl.store(g_sum_ptr + n * C + channels, g_total, mask=channel_mask)
@@ -159,18 +163,18 @@ def _gated_norm_act_backward_kernel(
 
 
 def gated_norm_act_backward(
-        dout: torch.Tensor, out: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(g, sum_hw g, sum_hw g (z - mu)): ``g = dout [out > 0]`` in out's layout and dtype, the sums (N, C) in mu's
-    dtype, in one pass."""
+        dout: torch.Tensor, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, mu: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g, g a, sum_hw g, sum_hw g (z - mu)) in one pass: ``g = dout [out > 0]`` in out's layout and dtype, ``g a``
+    (per-(n, c) ``a``, (N, C)) in z's, the sums (N, C) in mu's dtype."""
     n, c, h, w = z.shape
     dout, out, z = _merged(dout), _merged(out), _merged(z)
-    g = torch.empty_like(out)
+    g, dz = torch.empty_like(out), torch.empty_like(z)
     g_sum = torch.empty((n, c), dtype=mu.dtype, device=z.device)
     centred_sum = torch.empty_like(g_sum)
     block_c, block_hw = _blocks(z)
     _gated_norm_act_backward_kernel[(n, triton.cdiv(c, block_c))](
-        dout, out, z, g, mu, g_sum, centred_sum, c, h * w,
-        *_strides(dout), *_strides(out), *_strides(z), *_strides(g),
+        dout, out, z, g, dz, a.contiguous(), mu, g_sum, centred_sum, c, h * w,
+        *_strides(dout), *_strides(out), *_strides(z), *_strides(g), *_strides(dz),
         BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=_accumulator(mu.dtype))
-    return g, g_sum, centred_sum
+    return g, dz, g_sum, centred_sum
