@@ -9,9 +9,7 @@ the median over rounds of addcmul time / BatchNorm time (> 1: the BatchNorm kern
 
     python benchmarks/tail_affine.py        # writes benchmarks/results/tail_affine_cpu.{json,md}
 """
-import argparse
 import contextlib
-import datetime
 import sys
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, List, Optional
@@ -23,9 +21,7 @@ if __package__ in (None, ''):
 
 import torch
 
-from benchmarks.common import RESULTS_DIR
-from benchmarks.environment import command_line, environment, write_report
-from benchmarks.tail_reductions import compare
+from benchmarks.tail_reductions import compare, header, parse_args, write
 from timm_sae import tail
 
 
@@ -42,19 +38,11 @@ FORMS: Dict[str, Callable[[], ContextManager[object]]] = {
 
 
 def markdown(report: dict) -> str:
-    settings = report['settings']
-    lines = [
-        '# The exact tail\'s `z a + b` in NCHW: a BatchNorm kernel or addcmul', '',
-        f"`{report['command']}`", '',
-        f"{report['hardware']['cpu']}, {report['hardware']['torch_threads']} torch threads; "
-        + ', '.join(f'{k} {v}' for k, v in report['versions'].items()) + '.', '',
-        f"One tail (`timm_sae.tail.gated_tail`, SaE gate), forward + backward, fp32, NCHW, batch "
-        f"{settings['batch_size']}; {settings['rounds']} interleaved rounds of {settings['calls']} calls. Ratio: "
+    lines = header(report, 'The exact tail\'s `z a + b` in NCHW: a BatchNorm kernel or addcmul', 'NCHW')
+    lines[-1] += (
         'median over rounds of addcmul time / BatchNorm-kernel time (> 1: the BatchNorm kernel is faster, which '
-        'the tail takes), quartiles in brackets.', '',
-        '| model | z (N, C, H, W) | addcmul ms | BatchNorm kernel ms | ratio |',
-        '|---|---|---:|---:|---:|',
-    ]
+        'the tail takes), quartiles in brackets.')
+    lines += ['', '| model | z (N, C, H, W) | addcmul ms | BatchNorm kernel ms | ratio |', '|---|---|---:|---:|---:|']
     for row in report['results']:
         lines.append(
             f"| {row['model']} | {tuple(row['shape'])} | {row['addcmul_ms']:.3f} | {row['BatchNorm kernel_ms']:.3f} | "
@@ -63,22 +51,9 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--rounds', type=int, default=21)
-    parser.add_argument('--calls', type=int, default=10, help='calls per form per round')
-    parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'tail_affine_cpu.json')
-    args = parser.parse_args(argv)
-    results = compare(FORMS, torch.contiguous_format, args.batch_size, args.rounds, args.calls)
-    versions, hardware = environment('cpu')
-    report = {
-        'command': command_line(__file__, sys.argv[1:] if argv is None else argv),
-        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'versions': versions, 'hardware': hardware,
-        'settings': {'batch_size': args.batch_size, 'rounds': args.rounds, 'calls': args.calls},
-        'results': results,
-    }
-    write_report(args.out, report, markdown)
+    args = parse_args(argv, __doc__.splitlines()[0], 'tail_affine_cpu.json')
+    write(__file__, argv, args, compare(FORMS, torch.contiguous_format, args.batch_size, args.rounds, args.calls),
+          markdown)
     return 0
 
 

@@ -98,18 +98,27 @@ def compare(
     return results
 
 
-def markdown(report: dict) -> str:
+def header(report: dict, title: str, layout: str) -> List[str]:
+    """The table's title, command, machine and method lines, up to the ratio's definition."""
     settings = report['settings']
-    lines = [
-        '# The exact tail\'s reductions in channels_last: per-sample norm kernels or whole tensors', '',
+    return [
+        f'# {title}', '',
         f"`{report['command']}`", '',
         f"{report['hardware']['cpu']}, {report['hardware']['torch_threads']} torch threads; "
         + ', '.join(f'{k} {v}' for k, v in report['versions'].items()) + '.', '',
-        f"One tail (`timm_sae.tail.gated_tail`, SaE gate), forward + backward, fp32, channels_last, batch "
-        f"{settings['batch_size']}; {settings['rounds']} interleaved rounds of {settings['calls']} calls. Ratio: "
+        f"One tail (`timm_sae.tail.gated_tail`, SaE gate), forward + backward, fp32, {layout}, batch "
+        f"{settings['batch_size']}; {settings['rounds']} interleaved rounds of {settings['calls']} calls. Ratio: "]
+
+
+def markdown(report: dict) -> str:
+    lines = header(report, 'The exact tail\'s reductions in channels_last: per-sample norm kernels or whole tensors',
+                   'channels_last')
+    lines[-1] += (
         'median over rounds of per-sample time / whole-tensor time (> 1: whole tensors faster), quartiles in '
-        f"brackets. Threshold: `PER_SAMPLE_KERNELS_FROM_BYTES` = {settings['threshold_bytes']:,} bytes a sample.", '',
-        '| model | z (N, C, H, W) | sample MiB | per-sample ms | whole-tensor ms | ratio | the threshold picks |',
+        f"brackets. Threshold: `PER_SAMPLE_KERNELS_FROM_BYTES` = {report['settings']['threshold_bytes']:,} bytes a "
+        'sample.')
+    lines += [
+        '', '| model | z (N, C, H, W) | sample MiB | per-sample ms | whole-tensor ms | ratio | the threshold picks |',
         '|---|---|---:|---:|---:|---:|---|',
     ]
     for row in report['results']:
@@ -120,27 +129,39 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Optional[List[str]], description: str, default_out: str) -> argparse.Namespace:
+    """The tail benchmarks' options: batch, rounds, calls a round and the JSON path (under benchmarks/results)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--rounds', type=int, default=21)
     parser.add_argument('--calls', type=int, default=10, help='calls per form per round')
-    parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'tail_reductions_cpu.json')
-    args = parser.parse_args(argv)
+    parser.add_argument('--out', type=Path, default=RESULTS_DIR / default_out)
+    return parser.parse_args(argv)
+
+
+def write(
+        script: str, argv: Optional[List[str]], args: argparse.Namespace, results: List[dict],
+        markdown_of: Callable[[dict], str], **settings: object,
+) -> None:
+    """The report (command, time, versions, hardware, settings, rows) as JSON and its table beside it."""
+    versions, hardware = environment('cpu')
+    report = {
+        'command': command_line(script, sys.argv[1:] if argv is None else argv),
+        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'versions': versions, 'hardware': hardware,
+        'settings': {'batch_size': args.batch_size, 'rounds': args.rounds, 'calls': args.calls, **settings},
+        'results': results,
+    }
+    write_report(args.out, report, markdown_of)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv, __doc__.splitlines()[0], 'tail_reductions_cpu.json')
     results = compare(FORMS, torch.channels_last, args.batch_size, args.rounds, args.calls)
     for row in results:
         picked = tail.per_sample_kernels(torch.empty(row['shape']))
         row['picked'] = 'per-sample kernels' if picked else 'whole tensors'
-    versions, hardware = environment('cpu')
-    report = {
-        'command': command_line(__file__, sys.argv[1:] if argv is None else argv),
-        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'versions': versions, 'hardware': hardware,
-        'settings': {'batch_size': args.batch_size, 'rounds': args.rounds, 'calls': args.calls,
-                     'threshold_bytes': tail.PER_SAMPLE_KERNELS_FROM_BYTES},
-        'results': results,
-    }
-    write_report(args.out, report, markdown)
+    write(__file__, argv, args, results, markdown, threshold_bytes=tail.PER_SAMPLE_KERNELS_FROM_BYTES)
     return 0
 
 

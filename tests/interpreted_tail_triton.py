@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import assert_equal_records, train_steps
-from test_tail import BLOCKS, _block, _large_mean_case, _sae_tail_reference
+from test_tail import BLOCKS, _block, assert_statistics_as_accurate_as_batchnorm
 from timm_sae import SqueezeAggregatedExcitation, set_fast_tail, set_triton_tail
 from timm_sae._testing import relative_error
 from timm_sae.tail import gate_of, gated_tail
@@ -64,22 +64,8 @@ def test_triton_block_training_equals_timm_tail(kind: str, variant: str, interpr
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'channels-last'])
 def test_triton_statistics_as_accurate_as_batchnorm_float32(memory_format, interpreted: List[str]):
     """fp32 running statistics and output as close to the float64 truth as BatchNorm's own, at 250x mean/spread."""
-    errors = {}
-    for name in ('triton', 'batchnorm'):
-        torch.manual_seed(0)
-        norm, sae = nn.BatchNorm2d(16), SqueezeAggregatedExcitation(16, rd_channels=8)
-        exact_norm = copy.deepcopy(norm).double()
-        z, shortcut = (t.contiguous(memory_format=memory_format) for t in _large_mean_case(torch.float32))
-        with torch.no_grad():
-            truth = _sae_tail_reference(z.double(), exact_norm, copy.deepcopy(sae).double(), shortcut.double())
-            out = gated_tail(z, norm, gate_of(sae), shortcut, triton=True) if name == 'triton' else \
-                _sae_tail_reference(z, norm, sae, shortcut)
-        errors[name] = [relative_error(norm.running_mean.double(), exact_norm.running_mean),
-                        relative_error(norm.running_var.double(), exact_norm.running_var),
-                        relative_error(out.double(), truth)]
+    assert_statistics_as_accurate_as_batchnorm(memory_format, triton=True)
     assert interpreted == ['sample_moments', 'gated_norm_act']
-    for triton_error, bn_error in zip(errors['triton'], errors['batchnorm'], strict=True):
-        assert triton_error <= max(4 * bn_error, 1e-6), errors
 
 
 def test_triton_bf16_within_bf16_rounding(interpreted: List[str]):
