@@ -10,7 +10,7 @@ TRAINING_STACK = ('scipy', 'timm.optim', 'timm.scheduler', 'matplotlib', 'benchm
 
 
 @pytest.mark.parametrize('script', ['speed', 'speed_report', 'profile_speed', 'inductor_block', 'tail_reductions',
-                                    'tail_affine'])
+                                    'tail_affine', 'tail_speed'])
 def test_speed_scripts_import_only_what_they_use(script):
     code = f'import sys, benchmarks.{script}; print(*[m for m in {TRAINING_STACK!r} if m in sys.modules])'
     out = subprocess.run([sys.executable, '-c', code], cwd=BENCHMARKS.parent, capture_output=True, text=True,

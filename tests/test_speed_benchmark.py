@@ -13,9 +13,19 @@ import statistics
 import pytest
 import torch
 
-from benchmarks import common, inductor_block, profile_speed, speed, speed_report, tail_affine, tail_reductions
+from benchmarks import (
+    common,
+    inductor_block,
+    profile_speed,
+    speed,
+    speed_report,
+    tail_affine,
+    tail_reductions,
+    tail_speed,
+)
 from benchmarks.speed_pairs import PAIRS
-from timm_sae import tail
+from timm_sae import SqueezeAggregatedExcitation, tail
+from timm_sae._testing import relative_error
 
 QUICK_COMPILE = ['--quick', '--compile', '--compile-backend', 'aot_eager']
 
@@ -292,3 +302,29 @@ def test_triton_pair_needs_cuda():
     assert PAIRS['resnet50_triton'].entries[0].label == 'saeresnet50 (Triton tail)'
     with pytest.raises(SystemExit, match='CUDA tensors only: leave it out of --pairs'):
         speed.main(['--device', 'cpu', '--pairs', 'resnet50_triton', '--modes', 'train-cl', '--rounds', '2'])
+
+
+def test_tail_speed_times_timm_form_against_the_exact_tail(tmp_path):
+    """tail_speed.py's reference is timm's form of the same function (float64 values and gradients equal the exact
+    tail's); its committed table is its JSON's; a run writes one row a shape and layout."""
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 16, 5, 6, dtype=torch.float64, generator=generator)
+    shortcut = torch.randn(3, 16, 5, 6, dtype=torch.float64, generator=generator)
+    gate = tail.gate_of(SqueezeAggregatedExcitation(16, rd_channels=8).double())
+    results = []
+    for form in (tail_speed.timm_form, tail.gated_tail):
+        norm = torch.nn.BatchNorm2d(16).double()
+        inputs = [z.clone().requires_grad_(), shortcut.clone().requires_grad_()]
+        out = form(inputs[0], norm, gate, inputs[1])
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        results.append([out, inputs[0].grad, inputs[1].grad, norm.running_var])
+    for timm_result, exact_result in zip(*results, strict=True):
+        assert relative_error(timm_result, exact_result) < 1e-12
+    json_path = common.RESULTS_DIR / 'tail_speed_cpu.json'
+    report = json.loads(json_path.read_text())
+    assert tail_speed.markdown(report) == json_path.with_suffix('.md').read_text()
+    out_path = tmp_path / 'speed.json'
+    assert tail_speed.main(['--rounds', '1', '--calls', '1', '--batch-size', '2', '--out', str(out_path)]) == 0
+    rows = json.loads(out_path.read_text())['results']
+    assert len(rows) == len(report['results']) == 2 * sum(map(len, tail_reductions.SHAPES.values()))
+    assert {row['layout'] for row in rows} == set(tail_speed.LAYOUTS)
