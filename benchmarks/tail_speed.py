@@ -3,10 +3,10 @@
 A whole training step of saeresnet18 spends a few percent of its time in the eight blocks' tails, so the whole
 model's ratio (``speed.py``) cannot separate a tail that is a tenth faster from one that is not. This script times
 the tails themselves: one tail, forward + backward, with the exact tail (``timm_sae.tail.gated_tail``) and with
-timm's form (BatchNorm, the SaE layer's own forward ``x (1 + s)``, the residual add and ReLU, as autograd records
-them), interleaved, at the last-norm shape of each stage (training batch 8, 224 px), in NCHW and channels_last.
-Each model's total weighs every stage by its number of blocks. Ratio: median over rounds of timm-form time /
-exact-tail time (> 1: the exact tail is faster).
+timm's form (BatchNorm, the SaE layer's own forward ``x (1 + s)``, the residual add and ReLU in place, as
+autograd records them), interleaved, at the last-norm shape of each stage (training batch 8, 224 px), in NCHW
+and channels_last. Each model's total weighs every stage by its number of blocks. Ratio: median over rounds of
+timm-form time / exact-tail time (> 1: the exact tail is faster).
 
     python benchmarks/tail_speed.py        # writes benchmarks/results/tail_speed_cpu.{json,md}
 """
@@ -34,12 +34,15 @@ def timm_form(
         z: torch.Tensor, norm: nn.Module, gate: tail.Gate, shortcut: torch.Tensor,
         drop_path: Optional[nn.Module] = None,
 ) -> torch.Tensor:
-    """The SE form of the tail, as ``SqueezeAggregatedExcitation.forward`` and timm's block compute it."""
+    """The SE form of the tail, as ``SqueezeAggregatedExcitation.forward`` and timm's block compute it (the gated
+    map a new tensor; the residual add and ReLU in place on it)."""
     x = norm(z)
     squeeze = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
     s = gate.excitation(squeeze)
     scale = s + 1. if gate.residual else s
-    return torch.relu(x * scale[:, :, None, None] + shortcut)
+    out = x * scale[:, :, None, None]
+    out += shortcut
+    return torch.relu_(out)
 
 
 FORMS: Dict[str, Callable[[], ContextManager[object]]] = {
@@ -65,7 +68,8 @@ def markdown(report: dict) -> str:
     lines = header(report, 'The exact training tail against timm\'s form, tail by tail', 'NCHW and channels_last')
     lines[-1] += (
         'median over rounds of timm-form time / exact-tail time (> 1: the exact tail is faster), quartiles in '
-        'brackets. Timm\'s form: BatchNorm, the SaE layer\'s forward, add, ReLU, as autograd records them.')
+        'brackets. Timm\'s form: BatchNorm, the SaE layer\'s forward, add and ReLU in place, as autograd records '
+        'them.')
     lines += ['', '| model | layout | z (N, C, H, W) | timm form ms | exact tail ms | ratio |',
               '|---|---|---|---:|---:|---:|']
     for row in report['results']:
