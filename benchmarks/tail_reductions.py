@@ -12,12 +12,12 @@ per-sample time / whole-tensor time (> 1: the whole-tensor form is faster) and w
     python benchmarks/tail_reductions.py        # writes benchmarks/results/tail_reductions_cpu.{json,md}
 """
 import argparse
-import contextlib
 import datetime
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
+from unittest import mock
 
 # run as a file (python benchmarks/tail_reductions.py): import the package from the repository
 if __package__ in (None, ''):
@@ -59,19 +59,10 @@ def tail_step(
     return step
 
 
-@contextlib.contextmanager
-def per_sample_threshold(threshold: int) -> Iterator[None]:
-    """``PER_SAMPLE_KERNELS_FROM_BYTES`` set to ``threshold`` inside the block."""
-    saved = tail.PER_SAMPLE_KERNELS_FROM_BYTES
-    tail.PER_SAMPLE_KERNELS_FROM_BYTES = threshold
-    try:
-        yield
-    finally:
-        tail.PER_SAMPLE_KERNELS_FROM_BYTES = saved
-
-
+# the threshold that forces each form
 FORMS: Dict[str, Callable[[], ContextManager[object]]] = {
-    'per-sample kernels': lambda: per_sample_threshold(0), 'whole tensors': lambda: per_sample_threshold(1 << 62)}
+    'per-sample kernels': lambda: mock.patch.object(tail, 'PER_SAMPLE_KERNELS_FROM_BYTES', 0),
+    'whole tensors': lambda: mock.patch.object(tail, 'PER_SAMPLE_KERNELS_FROM_BYTES', 1 << 62)}
 
 
 def compare(

@@ -37,7 +37,7 @@ forward hook on bn3 that keeps that tensor sees it gated afterwards (clone it in
 ``set_triton_tail(model, True)`` the training tail's Triton kernels on CUDA (``timm_sae.tail_triton``, off by default).
 """
 import importlib.util
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -205,9 +205,13 @@ class SaEBasicBlock(GatedBasicBlock):
     """timm ``BasicBlock`` with an SaE ``attn_layer`` and the exact fast forms."""
 
 
+def _gated_blocks(model: nn.Module) -> List[Union['GatedBottleneck', 'GatedBasicBlock']]:
+    return [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
+
+
 def set_fast_tail(model: nn.Module, enabled: bool) -> int:
     """Switch the gated blocks of ``model`` between the fast forms and timm's own tail; returns how many blocks."""
-    blocks = [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
+    blocks = _gated_blocks(model)
     for block in blocks:
         block.fast_tail = enabled
     return len(blocks)
@@ -219,7 +223,7 @@ def set_triton_tail(model: nn.Module, enabled: bool) -> int:
     if enabled and importlib.util.find_spec('triton') is None:
         raise RuntimeError(
             'set_triton_tail needs Triton, which comes with PyTorch\'s CUDA wheels on Linux: pip install triton')
-    blocks = [m for m in model.modules() if isinstance(m, (GatedBottleneck, GatedBasicBlock))]
+    blocks = _gated_blocks(model)
     for block in blocks:
         block.triton_tail = enabled
     return len(blocks)

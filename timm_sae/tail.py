@@ -205,8 +205,15 @@ def _gated_norm(
         return torch.batch_norm(
             z.view(1, n * c, h, w), (gamma * gate).reshape(-1), (beta * gate).reshape(-1), mu.repeat(n), var.repeat(n),
             False, 0., eps, False).view_as(z)
-    shift = torch.addcmul(beta, mu, gamma_r, value=-1.)
-    return _affine(z, (gamma_r * gate).view(n, c, 1, 1), (shift * gate).view(n, c, 1, 1), dtype)
+    scale, shift = _gated_affine(gamma_r, beta, mu, gate)
+    return _affine(z, scale.view(n, c, 1, 1), shift.view(n, c, 1, 1), dtype)
+
+
+def _gated_affine(
+        gamma_r: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, gate: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) ``a = gamma r G`` and ``b = (beta - mu gamma r) G``: ``G (gamma (z - mu) r + beta) = z a + b``."""
+    return gamma_r * gate, torch.addcmul(beta, mu, gamma_r, value=-1.) * gate
 
 
 class _GatedNormAct(torch.autograd.Function):
@@ -227,8 +234,7 @@ class _GatedNormAct(torch.autograd.Function):
         dtype = torch.promote_types(z.dtype, s.dtype)
         if triton:
             from . import tail_triton
-            shift = torch.addcmul(beta, mu, gamma_r, value=-1.)
-            out = tail_triton.gated_norm_act(z, gamma_r * gate, shift * gate, shortcut, dtype)
+            out = tail_triton.gated_norm_act(z, *_gated_affine(gamma_r, beta, mu, gate), shortcut, dtype)
         else:
             out = _add_act_(_gated_norm(z, mu, var, eps, gamma, beta, gate, dtype, gamma_r), shortcut)
         # s rather than G: the excitation keeps s for its own backward already
