@@ -1,11 +1,13 @@
 """How the exact training tail forms ``z a + b`` in NCHW, eager, on the CPU: a BatchNorm kernel or addcmul.
 
-The backward of the tail's statistics (``timm_sae.tail._NormSqueeze``) reaches ``z`` as ``c1 z + c0``, per-channel
-``c1`` and per-(n, c) ``c0``, one pass over ``z``. In NCHW both factors are broadcast along the rows, which
-addcmul does not vectorise; an eval-mode BatchNorm over the (1, N*C, H, W) view with mean 0, variance 1 and eps 0
-computes the same values (``timm_sae.tail._affine``). This script times one tail, forward + backward, with each
-form for the last-norm shapes of saeresnet18 and saeresnet50 (training batch 8, 224 px), interleaved, and reports
-the median over rounds of addcmul time / BatchNorm time (> 1: the BatchNorm kernel is faster).
+The tail forms ``z a + b`` twice, one pass over ``z`` each: the gated norm in its forward (per-(n, c) ``a`` and ``b``,
+``timm_sae.tail._GatedNormAct``) and the statistics' share of z's gradient in its backward, ``c1 z + c0`` with
+per-channel ``c1`` and per-(n, c) ``c0`` (``timm_sae.tail._NormSqueeze``). In NCHW both factors are broadcast
+along the rows, which addcmul does not vectorise; an eval-mode BatchNorm over the (1, N*C, H, W) view with mean 0,
+variance 1 and eps 0 computes the same values (``timm_sae.tail._affine``). This script times one tail, forward +
+backward, with each form for the last-norm shapes of saeresnet18 and saeresnet50 (training batch 8, 224 px),
+interleaved, and reports the median over rounds of addcmul time / BatchNorm time (> 1: the BatchNorm kernel is
+faster).
 
     python benchmarks/tail_affine.py        # writes benchmarks/results/tail_affine_cpu.{json,md}
 """
@@ -26,7 +28,7 @@ from timm_sae import tail
 
 
 def addcmul_affine(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``z a + b`` by addcmul, as the tail formed it before it took the BatchNorm kernel in NCHW (fp32 here)."""
+    """``z a + b`` by addcmul, the form the tail takes in channels_last (fp32 here)."""
     assert z.dtype == a.dtype == dtype
     return torch.addcmul(b, z, a)
 

@@ -14,12 +14,13 @@ Here the tail never materialises ``x`` for autograd:
 * the squeeze needs no pass over ``x``: ``mean_hw(x) = gamma (m - mu) r + beta`` with ``m = mean_hw(z)``,
   taken in the statistics pass (``_NormSqueeze``: per-(n, c) moments merged per channel (Chan et al.),
   as accurate as BatchNorm's own; the squeeze and its backward are per-(n, c) arithmetic in the same Function);
-* ``out = act(z a + b + shortcut)`` with per-(n, c) ``a = gamma r G``, ``b = (beta - mu gamma r) G``
+* ``out = act(z a + b + shortcut)`` with per-(n, c) ``a = gamma r G``, ``b = beta G - mu a``
   (``_GatedNormAct``), which keeps ``z`` and ``out`` only;
 * the backward is written by hand from per-(n, c) reductions: ``g = dout [out > 0]`` (the shortcut's
-  gradient), ``A = sum_hw g``, ``B = sum_hw g (z - mu) r`` (one BatchNorm backward call on the
-  (1, N*C, H, W) view gives ``g a``, ``B`` and ``A`` at once), the gate's gradient ``gamma B + beta A``;
-  the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``;
+  gradient), ``A = sum_hw g``, ``B = sum_hw g (z - mu)`` (one BatchNorm backward call on the
+  (1, N*C, H, W) view gives ``g a``, ``B`` and ``A`` at once), the gate's gradient ``gamma r B + beta A``;
+  the statistics' gradients reach ``z`` as ``c1 z + c0`` with per-channel ``c1`` and per-(n, c) ``c0``, and
+  gamma's and beta's gradients are summed in ``_NormSqueeze``, which hands the normalisation on as one tensor;
 * traced by torch.compile, the per-(n, c) moments are one ``var_mean`` and (channels_last) the sums plain
   reductions, which Inductor fuses; eager, norm kernels compute them faster than those ops would, except for
   small channels_last samples (and on devices other than the CPU), where a norm kernel per sample costs more
@@ -83,8 +84,9 @@ def per_sample_kernels(z: torch.Tensor) -> bool:
 
 
 def _moments(z: torch.Tensor, triton: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(m, mu, var): per-(n, c) spatial means, per-channel batch mean and biased variance of ``z``, in
-    ``_stats_dtype``, as accurate as BatchNorm's own (``triton``: by ``tail_triton``'s kernel)."""
+    """(m - mu, mu, var): per-(n, c) spatial means less the per-channel batch mean ``mu``, ``mu``, and the biased
+    batch variance of ``z``, in ``_stats_dtype``, as accurate as BatchNorm's own (``triton``: by ``tail_triton``'s
+    kernel)."""
     n, c, h, w = z.shape
     if triton:
         from . import tail_triton
@@ -105,7 +107,7 @@ def _moments(z: torch.Tensor, triton: bool = False) -> Tuple[torch.Tensor, torch
             m, sample_var = torch.stack([mean for mean, _ in stats]), torch.stack([var for _, var in stats])
         else:
             mu, var = torch.batch_norm_update_stats(z, None, None, 0.)
-            return z.mean((2, 3)), mu, var
+            return z.mean((2, 3)) - mu, mu, var
     else:
         # bf16 / fp16: the kernels above would round their results to z's dtype. E[z^2] - E[z]^2 accumulated in
         # fp32 loses about R^2 2^-24 of the variance for a channel whose mean is R times its spread, less than
@@ -115,43 +117,46 @@ def _moments(z: torch.Tensor, triton: bool = False) -> Tuple[torch.Tensor, torch
         square = torch.linalg.vector_norm(z, 2, dim=(2, 3), dtype=dtype).square_() / (h * w)
         sample_var = (square - m.square()).clamp_min_(0.)
     mu = m.mean(0)
+    centred = m - mu
     # Chan et al.: the within-sample variances plus the variance of the sample means
-    return m, mu, sample_var.mean(0) + (m - mu).square().mean(0)
+    return centred, mu, torch.addcmul(sample_var, centred, centred).mean(0)
 
 
 class _NormSqueeze(torch.autograd.Function):
-    """``z`` -> (squeeze, mu, var, r): ``mean_hw`` of BatchNorm's output with batch statistics,
-    ``gamma (m - mu) r + beta`` (N, C), and the per-channel batch mean, biased variance and
-    ``r = (var + eps)^-1/2`` (not differentiable itself: ``var`` carries its gradient).
+    """``z`` -> (squeeze, affine, var): ``mean_hw`` of BatchNorm's output with batch statistics,
+    ``gamma r (m - mu) + beta`` (N, C), ``r = (var + eps)^-1/2``; ``affine``, the normalisation
+    ``x = gamma r (z - mu) + beta`` as one (3, C) tensor (gamma r, mu, beta) for ``_GatedNormAct``; and the biased
+    batch variance ``var`` for the running statistics (not differentiable).
 
-    Backward: through the squeeze to the per-(n, c) means ``m``, ``mu``, ``var``, ``gamma`` and ``beta``, then
-    ``dz = dm / HW + dmu / M + dvar 2 (z - mu) / M`` in one pass ``c1 z + c0``.
+    Backward: gamma and beta take both Functions' gradients here (``affine``'s and the squeeze's), so autograd adds
+    none; ``z`` the statistics' share ``dz = dm / HW + dmu / M + dvar 2 (z - mu) / M`` in one pass ``c1 z + c0``.
     """
 
     @staticmethod
     def forward(
             ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, triton: bool,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        m, mu, var = _moments(z, triton)
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        centred, mu, var = _moments(z, triton)
         r = torch.rsqrt(var + eps)
         gamma_r = gamma * r
-        centred = m - mu
-        ctx.save_for_backward(z, centred, mu, r, gamma_r, gamma)
-        ctx.mark_non_differentiable(r)
-        return torch.addcmul(beta, centred, gamma_r), mu, var, r
+        affine = torch.stack((gamma_r, mu, beta.to(mu.dtype)))
+        ctx.save_for_backward(z, centred, r, affine)
+        ctx.mark_non_differentiable(var)
+        return torch.addcmul(beta, centred, gamma_r), affine, var
 
     @staticmethod
-    def backward(ctx, d_squeeze: torch.Tensor, d_mu: torch.Tensor, d_var: torch.Tensor, _: Optional[torch.Tensor]):
-        z, centred, mu, r, gamma_r, gamma = ctx.saved_tensors
+    def backward(ctx, d_squeeze: torch.Tensor, d_affine: torch.Tensor, _: Optional[torch.Tensor]):
+        z, centred, r, (gamma_r, mu, _) = ctx.saved_tensors
         n, c, h, w = z.shape
+        d_gamma_r, d_mu, d_beta = d_affine
         d_m = d_squeeze * gamma_r
-        d_gamma_r = (d_squeeze * centred).sum(0)
-        # d (gamma r) / d var = -gamma r^3 / 2
-        c1 = torch.addcmul(d_var, gamma_r * r.square(), d_gamma_r, value=-0.5).mul_(2. / (n * h * w))
+        d_gamma_r = (d_squeeze * centred).sum(0).add_(d_gamma_r)
+        # 2 d var / M, with d (gamma r) / d var = -gamma r^3 / 2
+        c1 = torch.mul(gamma_r * r.square(), d_gamma_r).mul_(-1. / (n * h * w))
         # (dm + (dmu - sum_n dm) / N - c1 HW mu) / HW, with the squeeze's own share of dmu
         c0 = torch.addcmul((d_mu - d_m.sum(0)).div_(n), c1, mu, value=-h * w).add(d_m).div_(h * w)
         dz = _affine(z, c1.view(c, 1, 1), c0.view(n, c, 1, 1), z.dtype)
-        return dz, d_gamma_r * r, d_squeeze.sum(0), None, None
+        return dz, d_gamma_r * r, d_squeeze.sum(0).add_(d_beta), None, None
 
 
 def _affine(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -190,78 +195,70 @@ def _gate(s: torch.Tensor, residual: bool, keep: Optional[torch.Tensor]) -> torc
     return gate if keep is None else gate * keep.reshape(-1, 1)
 
 
-def _gated_norm(
-        z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float, gamma: torch.Tensor, beta: torch.Tensor,
-        gate: torch.Tensor, dtype: torch.dtype, gamma_r: torch.Tensor,
-) -> torch.Tensor:
-    """``G (gamma (z - mu) r + beta)`` in one pass over ``z``, stored as ``dtype`` (``gamma_r``: ``gamma r``).
+def _gated_affine(
+        gamma_r: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, gate: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) ``a = gamma r G`` and ``b = beta G - mu a``: ``G (gamma r (z - mu) + beta) = z a + b``. ``b`` takes
+    the rounded ``a``, as BatchNorm's kernels fold their statistics, so that ``z a + b`` keeps ``(z - mu) a``'s digits
+    where the mean is large against the spread."""
+    scale = gamma_r * gate
+    return scale, torch.addcmul(beta * gate, mu, scale, value=-1.)
 
-    Where z is contiguous, an eval-mode BatchNorm over (1, N*C, H, W) with per-(n, c) weight ``gamma G`` and
-    bias ``beta G``: centred as BatchNorm computes it, and on the CPU faster than a broadcast multiply-add. Else
-    (channels_last) ``z a + b``, which rounds like BatchNorm folded into a preceding conv.
-    """
-    n, c, h, w = z.shape
-    if z.is_contiguous() and dtype == z.dtype:
-        return torch.batch_norm(
-            z.view(1, n * c, h, w), (gamma * gate).reshape(-1), (beta * gate).reshape(-1), mu.repeat(n), var.repeat(n),
-            False, 0., eps, False).view_as(z)
+
+def _gated_norm(
+        z: torch.Tensor, gamma_r: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, gate: torch.Tensor,
+        dtype: torch.dtype,
+) -> torch.Tensor:
+    """``G (gamma r (z - mu) + beta)`` in one pass over ``z``, ``z a + b`` (``_gated_affine``), stored as ``dtype``:
+    the rounding of BatchNorm's own CPU kernel, which folds its statistics into such a per-channel affine."""
+    n, c = gate.shape
     scale, shift = _gated_affine(gamma_r, beta, mu, gate)
     return _affine(z, scale.view(n, c, 1, 1), shift.view(n, c, 1, 1), dtype)
 
 
-def _gated_affine(
-        gamma_r: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor, gate: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) ``a = gamma r G`` and ``b = (beta - mu gamma r) G``: ``G (gamma (z - mu) r + beta) = z a + b``."""
-    return gamma_r * gate, torch.addcmul(beta, mu, gamma_r, value=-1.) * gate
-
-
 class _GatedNormAct(torch.autograd.Function):
-    """``relu(G (gamma (z - mu) r + beta) + shortcut)``, keeping ``z`` and the output only (module docstring).
+    """``relu(G (gamma r (z - mu) + beta) + shortcut)``, keeping ``z`` and the output only (module docstring).
 
-    ``G = (1 + s) keep`` (residual) or ``s keep``, keep the drop_path scale per sample (or None); ``r`` from
-    ``_NormSqueeze``, whose ``var`` takes this Function's gradient of ``r``.
+    ``G = (1 + s) keep`` (residual) or ``s keep``, keep the drop_path scale per sample (or None); ``affine``
+    (gamma r, mu, beta) from ``_NormSqueeze``, which takes this Function's gradient of it.
     """
 
     @staticmethod
     def forward(
-            ctx, z: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mu: torch.Tensor,
-            var: torch.Tensor, r: torch.Tensor, shortcut: torch.Tensor, keep: Optional[torch.Tensor], residual: bool,
-            eps: float, triton: bool,
+            ctx, z: torch.Tensor, s: torch.Tensor, affine: torch.Tensor, shortcut: torch.Tensor,
+            keep: Optional[torch.Tensor], residual: bool, triton: bool,
     ) -> torch.Tensor:
+        gamma_r, mu, beta = affine
         gate = _gate(s, residual, keep)
-        gamma_r = gamma * r
         dtype = torch.promote_types(z.dtype, s.dtype)
         if triton:
             from . import tail_triton
             out = tail_triton.gated_norm_act(z, *_gated_affine(gamma_r, beta, mu, gate), shortcut, dtype)
         else:
-            out = _add_act_(_gated_norm(z, mu, var, eps, gamma, beta, gate, dtype, gamma_r), shortcut)
+            out = _add_act_(_gated_norm(z, gamma_r, beta, mu, gate, dtype), shortcut)
         # s rather than G: the excitation keeps s for its own backward already
-        ctx.save_for_backward(z, out, s, keep, gamma, gamma_r, beta, mu, var, r)
-        ctx.residual, ctx.eps, ctx.triton = residual, eps, triton
+        ctx.save_for_backward(z, out, s, keep, affine)
+        ctx.residual, ctx.triton = residual, triton
         return out
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
-        z, out, s, keep, gamma, gamma_r, beta, mu, var, r = ctx.saved_tensors
-        n, c, h, w = z.shape
+        z, out, s, keep, affine = ctx.saved_tensors
+        gamma_r, mu, beta = affine
         gate = _gate(s, ctx.residual, keep)
+        scale = gamma_r * gate
         if ctx.triton:
             from . import tail_triton
-            g, dz, a_sum, centred_sum = tail_triton.gated_norm_act_backward(dout, out, z, gamma_r * gate, mu)
-            b_sum = centred_sum * r
+            g, dz, a_sum, b_sum = tail_triton.gated_norm_act_backward(dout, out, z, scale, mu)
         else:
             g = torch.ops.aten.threshold_backward(dout, out, 0)
-            dz, a_sum, b_sum = _norm_backward(g, z, gamma, gamma_r, gate, mu, var, r, ctx.eps)
-        d_gate = torch.addcmul(beta * a_sum, gamma, b_sum)  # d out / d G = x = gamma xhat + beta
+            dz, a_sum, b_sum = _norm_backward(g, z, scale, mu)
+        # d out / d G = gamma r (z - mu) + beta, summed over hw with g: gamma r B + beta A
+        d_gate = torch.addcmul(beta * a_sum, gamma_r, b_sum)
         d_s = d_gate if keep is None else d_gate * keep.view(-1, 1)
-        d_gamma = (gate * b_sum).sum(0)
-        d_beta = (gate * a_sum).sum(0)
-        # d out / d r = gamma G (z - mu), d r / d var = -r^3 / 2
-        d_var = torch.mul(gamma_r * r, d_gamma).mul_(-0.5)
-        return dz, d_s.to(s.dtype).view(s.shape), d_gamma, d_beta, -gamma_r * d_beta, d_var, None, g, \
-            None, None, None, None
+        d_gamma_r, d_beta = (gate * b_sum).sum(0), (gate * a_sum).sum(0)
+        d_affine = torch.stack((d_gamma_r, -gamma_r * d_beta, d_beta))
+        return dz, d_s.to(s.dtype).view(s.shape), d_affine, g, None, None, None
 
 
 def _scaled(g: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -272,37 +269,37 @@ def _scaled(g: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
 
 
 def _norm_backward(
-        g: torch.Tensor, z: torch.Tensor, gamma: torch.Tensor, gamma_r: torch.Tensor, gate: torch.Tensor,
-        mu: torch.Tensor, var: torch.Tensor, r: torch.Tensor, eps: float,
+        g: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, mu: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(g gamma G r, sum_hw g, sum_hw g (z - mu) r): the gated norm's backward from ``g``, by PyTorch's kernels."""
+    """(g scale, sum_hw g, sum_hw g (z - mu)) with per-(n, c) ``scale`` (N, C), by PyTorch's kernels."""
     n, c, h, w = z.shape
     if z.is_contiguous() and g.is_contiguous():
-        # one eval-mode BatchNorm backward over (1, N*C, H, W): g gamma G r, sum g (z - mu) r, sum g
+        # one eval-mode BatchNorm backward over (1, N*C, H, W), mean mu and variance 1 (eps 0): g scale,
+        # sum g (z - mu), sum g
         dz, b_sum, a_sum = torch.ops.aten.native_batch_norm_backward(
-            g.view(1, n * c, h, w), z.view(1, n * c, h, w), (gamma * gate).to(r.dtype).flatten(), mu.repeat(n),
-            var.repeat(n), None, None, False, eps, [True, True, True])
+            g.view(1, n * c, h, w), z.view(1, n * c, h, w), scale.to(mu.dtype).flatten(),
+            mu.expand(n, c).reshape(-1), torch.ones(n * c, dtype=mu.dtype, device=z.device), None, None, False, 0.,
+            [True, True, True])
         return dz.view_as(z), a_sum.view(n, c), b_sum.view(n, c)
-    # channels_last: the sums (per sample for large samples, eager), then g gamma G r in one pass; compiled,
-    # Inductor fuses both sums into one reduction and dz into one pointwise pass
-    a_sum, b_sum = _per_sample_sums(g, z, mu, var, eps) \
-        if per_sample_kernels(z) and not torch.compiler.is_compiling() else _plain_sums(g, z, mu, r)
-    return _scaled(g, (gamma_r * gate).view(n, c, 1, 1), z.dtype), a_sum, b_sum
+    # channels_last: the sums (per sample for large samples, eager), then g scale in one pass; compiled, Inductor
+    # fuses both sums into one reduction and dz into one pointwise pass
+    a_sum, b_sum = _per_sample_sums(g, z, mu) \
+        if per_sample_kernels(z) and not torch.compiler.is_compiling() else _plain_sums(g, z, mu)
+    return _scaled(g, scale.view(n, c, 1, 1), z.dtype), a_sum, b_sum
 
 
-def _plain_sums(
-        g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(sum_hw g, sum_hw g (z - mu) r), each (N, C), as reductions over the whole tensors, in r's precision."""
-    return g.sum((2, 3), dtype=r.dtype), (z - mu.view(-1, 1, 1)).mul_(g).sum((2, 3), dtype=r.dtype) * r
+def _plain_sums(g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum_hw g, sum_hw g (z - mu)), each (N, C), as reductions over the whole tensors, in mu's precision."""
+    return g.sum((2, 3), dtype=mu.dtype), (z - mu.view(-1, 1, 1)).mul_(g).sum((2, 3), dtype=mu.dtype)
 
 
-def _per_sample_sums(
-        g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, eps: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(sum_hw g, sum_hw g (z - mu) r), each (N, C), one eval-mode BatchNorm backward per sample."""
+def _per_sample_sums(g: torch.Tensor, z: torch.Tensor, mu: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum_hw g, sum_hw g (z - mu)), each (N, C), one eval-mode BatchNorm backward per sample (mean mu, variance 1,
+    eps 0)."""
+    ones = torch.ones_like(mu)
     sums = [
         torch.ops.aten.native_batch_norm_backward(
-            g_sample, z_sample, None, mu, var, None, None, False, eps, [False, True, True])[1:]
+            g_sample, z_sample, None, mu, ones, None, None, False, 0., [False, True, True])[1:]
         for g_sample, z_sample in zip(g.split(1), z.split(1), strict=True)]
     return torch.stack([s[1] for s in sums]), torch.stack([s[0] for s in sums])
 
@@ -350,16 +347,16 @@ def gated_tail(
         raise ValueError(f'Expected more than 1 value per channel when training, got input size {z.size()}')
     gamma, beta = _norm_affine(norm, z)
     triton = triton and not torch.compiler.is_compiling() and _triton_runs_on(z)
-    squeeze, mu, var, r = _NormSqueeze.apply(z, gamma, beta, norm.eps, triton)
+    squeeze, affine, var = _NormSqueeze.apply(z, gamma, beta, norm.eps, triton)
     running_mean, running_var = norm.running_mean, norm.running_var
     if norm.track_running_stats and running_mean is not None and running_var is not None:
         factor = _momentum(norm)
         with torch.no_grad():
-            running_mean.lerp_(mu.to(running_mean.dtype), factor)
+            running_mean.lerp_(affine[1].to(running_mean.dtype), factor)
             running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), factor)
     s = gate.excitation(squeeze.to(z.dtype))
     keep = _drop_path_keep(drop_path, z)
-    return _GatedNormAct.apply(z, s, gamma, beta, mu, var, r, shortcut, keep, gate.residual, norm.eps, triton)
+    return _GatedNormAct.apply(z, s, affine, shortcut, keep, gate.residual, triton)
 
 
 def _triton_runs_on(z: torch.Tensor) -> bool:
@@ -384,8 +381,8 @@ def folded_eval_tail(
     if squeeze is None:
         squeeze = (z.mean((2, 3), dtype=_stats_dtype(z)) - mean) * gamma_r + beta
     s = gate.excitation(squeeze.to(z.dtype))
-    gated = _gated_norm(z, mean, var, norm.eps, gamma, beta, _gate(s, gate.residual, None),
-                        torch.promote_types(z.dtype, s.dtype), gamma_r)
+    gated = _gated_norm(
+        z, gamma_r, beta, mean, _gate(s, gate.residual, None), torch.promote_types(z.dtype, s.dtype))
     return _add_act_(gated, shortcut)
 
 
