@@ -163,6 +163,27 @@ def test_large_mean_channel_float64():
         assert relative_error(got, want) < F64_REL
 
 
+@pytest.mark.parametrize('layout', MEMORY_FORMATS)
+def test_backward_leaves_given_gradients_unchanged(layout: str):
+    """The statistics' share of z's gradient is added in place to the gated pass's own: the gradient a caller gives
+    stays as it was, and a z read elsewhere too gets the sum of both uses' gradients (float64)."""
+    memory_format = MEMORY_FORMATS[layout]
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        norm = nn.BatchNorm2d(16).double().train()
+        sae = SqueezeAggregatedExcitation(16, rd_channels=8).double()
+        z, shortcut = (t.contiguous(memory_format=memory_format).requires_grad_()
+                       for t in _large_mean_case(torch.float64))
+        out = gated_tail(z, norm, gate_of(sae), shortcut) if fast else _sae_tail_reference(z, norm, sae, shortcut)
+        grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out).contiguous(memory_format=memory_format)
+        given = grad.clone()
+        results.append(torch.autograd.grad((out, z.square()), (z, shortcut), (grad, torch.ones_like(z))))
+        assert torch.equal(grad, given)
+    for got, want in zip(*results, strict=True):
+        assert relative_error(got, want) < F64_REL
+
+
 # the eager channels_last tail's two reductions, forced by its threshold (bytes a sample): per-sample norm kernels,
 # whole-tensor reductions
 REDUCTIONS = {'per-sample': 0, 'whole-tensor': 1 << 62}
