@@ -1,10 +1,10 @@
 """How the exact training tail forms ``z a + b`` in NCHW, eager, on the CPU: a BatchNorm kernel or addcmul.
 
-The tail forms ``z a + b`` twice, one pass over ``z`` each: the gated norm in its forward (per-(n, c) ``a`` and ``b``,
-``timm_sae.tail._GatedNormAct``) and the statistics' share of z's gradient in its backward, ``c1 z + c0`` with
-per-channel ``c1`` and per-(n, c) ``c0`` (``timm_sae.tail._NormSqueeze``). In NCHW both factors are broadcast
-along the rows, which addcmul does not vectorise; an eval-mode BatchNorm over the (1, N*C, H, W) view with mean 0,
-variance 1 and eps 0 computes the same values (``timm_sae.tail._affine``). This script times one tail, forward +
+The tail forms ``z a + b`` in one pass over ``z``: the gated norm in its forward, per-(n, c) ``a`` and ``b``
+(``timm_sae.tail._GatedNormAct``). In NCHW both factors are broadcast along the rows, which addcmul does not
+vectorise; an eval-mode BatchNorm over the (1, N*C, H, W) view with mean 0, variance 1 and eps 0 computes the same
+values (``timm_sae.tail._affine``). (The statistics' share of z's gradient, ``c1 z + c0``, is added in place to the
+gated pass's gradient instead, which needs no such kernel.) This script times one tail, forward +
 backward, with each form for the last-norm shapes of saeresnet18 and saeresnet50 (training batch 8, 224 px),
 interleaved, and reports the median over rounds of addcmul time / BatchNorm time (> 1: the BatchNorm kernel is
 faster).
