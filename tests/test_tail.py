@@ -214,8 +214,7 @@ def test_per_sample_kernels_on_the_cpu_only():
 @pytest.mark.parametrize('a_shape', [(6, 1, 1), (4, 6, 1, 1)], ids=['per-channel', 'per-sample'])
 def test_affine_equals_addcmul_bit_for_bit(dtype, memory_format, a_shape):
     """``z a + b`` as the tail forms it (NCHW: a BatchNorm kernel; else addcmul) is addcmul's, bit for bit, in z's
-    layout, with a per-(n, c) ``b`` and a per-channel ``a`` (the statistics' gradient ``c1 z + c0``) or a per-(n, c)
-    one (the gated norm)."""
+    layout, with a per-(n, c) ``b`` and a per-(n, c) ``a`` (the gated norm) or a per-channel one."""
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(4, 6, 5, 7, generator=generator).to(dtype).contiguous(memory_format=memory_format)
     a = torch.randn(a_shape, generator=generator, dtype=tail._stats_dtype(z))

@@ -128,8 +128,8 @@ class _NormSqueeze(torch.autograd.Function):
     """``z`` -> (squeeze, affine, var, z): ``mean_hw`` of BatchNorm's output with batch statistics,
     ``gamma r (m - mu) + beta`` (N, C), ``r = (var + eps)^-1/2``; ``affine``, the normalisation
     ``x = gamma r (z - mu) + beta`` as one (3, C) tensor (gamma r, mu, beta) for ``_GatedNormAct``; the biased
-    batch variance ``var`` for the running statistics (not differentiable); and ``z`` itself, the input
-    ``_GatedNormAct`` takes, so that its gradient of ``z`` comes back through here.
+    batch variance ``var`` for the running statistics (not differentiable); and ``z`` itself (a view, as autograd
+    returns an input), the input ``_GatedNormAct`` takes, so that its gradient of ``z`` comes back through here.
 
     Backward: gamma and beta take both Functions' gradients here (``affine``'s and the squeeze's), so autograd adds
     none; ``z`` the statistics' share ``dz = dm / HW + dmu / M + dvar 2 (z - mu) / M``, ``c1 z + c0``, added in
@@ -147,7 +147,6 @@ class _NormSqueeze(torch.autograd.Function):
         affine = torch.stack((gamma_r, mu, beta.to(mu.dtype)))
         ctx.save_for_backward(z, centred, r, affine)
         ctx.mark_non_differentiable(var)
-        # z itself (autograd makes it a view): the gated pass's z, so that its gradient of z arrives here
         return torch.addcmul(beta, centred, gamma_r), affine, var, z
 
     @staticmethod
@@ -163,8 +162,7 @@ class _NormSqueeze(torch.autograd.Function):
         c1 = torch.mul(gamma_r * r.square(), d_gamma_r).mul_(-1. / (n * h * w))
         # (dm + (dmu - sum_n dm) / N - c1 HW mu) / HW, with the squeeze's own share of dmu
         c0 = torch.addcmul((d_mu - d_m.sum(0)).div_(n), c1, mu, value=-h * w).add(d_m).div_(h * w)
-        # dz: _GatedNormAct's fresh gradient of z, which nothing else reads; adding to it in place spares autograd's
-        # sum of two full-width gradients
+        # dz is _GatedNormAct's fresh gradient of z, which nothing else reads: safe to add to in place
         dz.addcmul_(z, c1.view(c, 1, 1)).add_(c0.view(n, c, 1, 1))
         return dz, d_gamma_r * r, d_squeeze.sum(0).add_(d_beta), None, None
 
